@@ -1,0 +1,29 @@
+# The two commands: `make demo` and `make test`. Both build .venv from scratch when it
+# is missing and reuse it when pyproject.toml has not changed.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PARAMS ?= params/default.yaml
+
+.PHONY: demo test venv clean-venv lint
+
+venv: $(STAMP)
+
+# torch is installed first and pinned, so pip never resolves an unpinned (CUDA) build.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/nbstripout --install --attributes .gitattributes || true
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/dasd-run --params $(PARAMS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+clean-venv:
+	rm -rf $(VENV)

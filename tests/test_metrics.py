@@ -1,0 +1,94 @@
+"""Retrieval metrics against hand-computed cases."""
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from dasd_lib.metrics import chance_sumr, kfold_recall_metrics, recall_metrics, retrieval_ranks
+
+
+def test_ranks_by_hand_two_captions_per_image():
+    # 3 images, 2 captions each: caption j belongs to image j // 2.
+    sim = np.array([
+        [0.9, 0.1, 0.0],   # c0 (img0): rank 1
+        [0.2, 0.5, 0.1],   # c1 (img0): img1 ahead -> rank 2
+        [0.3, 0.8, 0.4],   # c2 (img1): rank 1
+        [0.1, 0.2, 0.3],   # c3 (img1): img2 ahead -> rank 2
+        [0.6, 0.5, 0.4],   # c4 (img2): img0, img1 ahead -> rank 3
+        [0.0, 0.1, 0.7],   # c5 (img2): rank 1
+    ])
+    cap_img = np.array([0, 0, 1, 1, 2, 2])
+    t2i, i2t = retrieval_ranks(sim, cap_img)
+    assert t2i.tolist() == [1, 2, 1, 2, 3, 1]
+    # img0 column: c0 .9 is top -> 1. img1 column: c2 .8 top -> 1.
+    # img2 column: scores .0 .1 .4 .3 .4 .7 -> c5 first -> 1
+    assert i2t.tolist() == [1, 1, 1]
+
+
+def test_i2t_takes_best_caption():
+    sim = np.array([
+        [0.1, 0.9],  # c0 img0
+        [0.8, 0.0],  # c1 img0
+        [0.5, 0.2],  # c2 img1
+    ])
+    _, i2t = retrieval_ranks(sim, np.array([0, 0, 1]))
+    # img0 column .1 .8 .5 -> c1 rank 1; img1 column .9 .0 .2 -> c2 rank 2 (c0 ahead)
+    assert i2t.tolist() == [1, 2]
+
+
+def test_recall_values_and_sumr():
+    sim = np.array([[0.9, 0.1], [0.8, 0.2]])  # both captions pick image 0
+    m = recall_metrics(sim, np.array([0, 1]))
+    assert m["t2i_R1"] == 50.0 and m["t2i_R5"] == 100.0
+    # img0 column: .9 .8 -> c0 rank 1; img1 column .1 .2 -> c1 rank 1
+    assert m["i2t_R1"] == 100.0
+    assert m["SumR"] == pytest.approx(50 + 100 + 100 + 100 + 100 + 100)
+    assert m["AR"] == pytest.approx(m["SumR"] / 6)
+    assert m["t2i_medr"] == 1.5 and m["t2i_meanr"] == 1.5
+    assert m["image_retrieval_recall@1"] == 0.5
+    assert m["text_retrieval_recall@1"] == 1.0
+
+
+def test_ties_count_against_truth():
+    m = recall_metrics(np.zeros((4, 4)), np.arange(4))
+    assert m["t2i_R1"] == 0.0 and m["i2t_R1"] == 0.0
+
+
+def test_kfold_matches_manual_blocks():
+    rng = np.random.default_rng(0)
+    sim = rng.normal(size=(8, 4))
+    cap = np.repeat(np.arange(4), 2)
+    k = kfold_recall_metrics(sim, cap, 2)
+    a = recall_metrics(sim[:4, :2], cap[:4])
+    b = recall_metrics(sim[4:, 2:], cap[4:] - 2)
+    assert k["SumR"] == pytest.approx((a["SumR"] + b["SumR"]) / 2)
+    with pytest.raises(ValueError, match="equal folds"):
+        kfold_recall_metrics(sim, cap, 3)
+
+
+def test_bad_shapes_rejected():
+    with pytest.raises(ValueError, match="shape"):
+        retrieval_ranks(np.zeros((3, 2)), np.array([0, 1]))
+    with pytest.raises(ValueError, match="no caption"):
+        retrieval_ranks(np.zeros((2, 3)), np.array([0, 1]))
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(2, 12), st.integers(1, 4), st.integers(0, 10_000))
+def test_perfect_and_random_properties(n_img, cpi, seed):
+    cap = np.repeat(np.arange(n_img), cpi)
+    onehot = np.eye(n_img)[cap] + 1e-3 * np.random.default_rng(seed).random((len(cap), n_img))
+    m = recall_metrics(onehot, cap)
+    assert m["SumR"] == pytest.approx(600.0)
+    # shuffling images and captions together leaves metrics unchanged
+    perm = np.random.default_rng(seed).permutation(n_img)
+    inv = np.argsort(perm)
+    m2 = recall_metrics(onehot[:, perm], inv[cap])
+    assert m2["SumR"] == pytest.approx(m["SumR"])
+
+
+def test_chance_sumr_matches_simulation():
+    rng = np.random.default_rng(1)
+    n, c = 50, 5
+    cap = np.repeat(np.arange(n), c)
+    sims = [recall_metrics(rng.random((n * c, n)), cap)["SumR"] for _ in range(200)]
+    assert np.mean(sims) == pytest.approx(chance_sumr(n, c), rel=0.05)
