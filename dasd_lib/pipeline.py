@@ -1,0 +1,252 @@
+"""Run-level workflow behind the notebooks: which corpus and backbone each setting uses,
+where artifacts live in the run folder, and the loops over settings, methods and seeds.
+
+Settings (method.md): "finetune" trains the target side on the downstream corpus's
+machine-translated captions; "zeroshot" trains it on the web corpus; both are tested
+on the downstream test set.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .config import DataConfig, Params, SOURCE_LANG
+from .train import (TrainingError, canonical_stage, frozen_features, make_target_data,
+                    resolve_device, train_target_stage, train_vlp_stage, training_rows)
+
+log = logging.getLogger("dasd_lib.pipeline")
+SETTINGS = ("finetune", "zeroshot")
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    root: Path
+
+    @property
+    def artifacts(self) -> Path: return self.root / "artifacts"
+    @property
+    def cache(self) -> Path: return self.artifacts / "cache"
+    @property
+    def figures(self) -> Path: return self.root / "figures"
+    @property
+    def losses(self) -> Path: return self.root / "losses"
+
+    def backbone(self, setting: str = "pretrained") -> Path:
+        return self.artifacts / ("backbone" if setting != "finetune_hf" else "backbone_finetune")
+
+    def checkpoint(self, setting: str, method: str, seed: int, stage: str) -> Path:
+        return self.artifacts / "checkpoints" / setting / method / f"seed{seed}" / canonical_stage(stage)
+
+
+def corpus_config(params: Params, setting: str) -> DataConfig:
+    if setting not in SETTINGS:
+        raise ValueError(f"unknown setting '{setting}'; use one of {SETTINGS}")
+    return params.data if setting == "finetune" else params.web
+
+
+@lru_cache(maxsize=8)
+def _load_table_cached(cfg_json: str) -> pd.DataFrame:
+    from .data import load_corpus
+    return load_corpus(DataConfig(**json.loads(cfg_json)))
+
+
+def load_table(cfg: DataConfig) -> pd.DataFrame:
+    """The corpus table (generated on first use for synthetic corpora); memoised per config."""
+    from dataclasses import asdict
+    return _load_table_cached(json.dumps(asdict(cfg), sort_keys=True)).copy()
+
+
+def test_table(params: Params) -> pd.DataFrame:
+    table = load_table(params.data)
+    return table[table.split == "test"].reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------- backbones
+
+_BACKBONES: dict[tuple[str, str], object] = {}
+
+
+def get_backbone(params: Params, run_dir: str | Path, setting: str):
+    """The frozen VLP a setting uses. tiny: the VLP notebook 01 trained (both settings).
+    hf: the English-fine-tuned CLIP in the finetune setting when notebook 01 made one,
+    else the CLIP from model.clip_path."""
+    from .backbones import load_backbone, load_hf_backbone
+    paths = RunPaths(Path(run_dir))
+    if params.model.backbone == "tiny":
+        where = paths.backbone()
+        if not (where / "config.json").exists():
+            raise TrainingError(f"no tiny VLP in {where}; run notebook 01_source_vlp first")
+    elif params.model.backbone == "hf":
+        where = paths.backbone("finetune_hf")
+        if setting != "finetune" or not (where / "config.json").exists():
+            where = None
+    else:
+        raise ValueError(f"unknown model.backbone '{params.model.backbone}'; use tiny or hf")
+    key = (str(run_dir), str(where))
+    if key not in _BACKBONES:
+        backbone = load_backbone(where) if where is not None else load_hf_backbone(params.model)
+        backbone.freeze()
+        _BACKBONES[key] = backbone.to(resolve_device(params.run.device)).eval()
+    return _BACKBONES[key]
+
+
+def forget_backbones() -> None:
+    _BACKBONES.clear()
+
+
+# ----------------------------------------------------------------------------- VLP (notebook 01)
+
+@dataclass
+class VLPResult:
+    backbone: object
+    losses: pd.DataFrame
+    english_test: dict
+    seconds: float
+    samples_per_s: float
+
+
+def source_vlp(params: Params, run_dir: str | Path, resume: bool = True) -> VLPResult:
+    """tiny: train tokenizers and the CLIP-style VLP on the English captions of the
+    downstream and web training sets. hf: load CLIP and, when vlp.steps or vlp.epochs > 0,
+    fine-tune it on the downstream English captions (the cross-lingual finetune setting).
+    Ends with an English retrieval check on the downstream test set."""
+    from .backbones import build_tiny_backbone, load_backbone, load_hf_backbone
+    from .data import load_images
+    from .evaluate import english_oracle
+
+    paths = RunPaths(Path(run_dir))
+    device = resolve_device(params.run.device)
+    down = load_table(params.data)
+    tables = [down]
+    if params.model.backbone == "tiny" and params.web.n_train > 0:
+        tables.append(load_table(params.web))
+    train = pd.concat([t[(t.split == "train") & (t.lang == SOURCE_LANG)] for t in tables],
+                      ignore_index=True)
+    t0 = time.perf_counter()
+    if params.model.backbone == "tiny":
+        out = paths.backbone()
+        if (out / "config.json").exists() and resume:
+            backbone = load_backbone(out)
+        else:
+            everything = pd.concat(tables, ignore_index=True)
+            train_all = everything[everything.split == "train"]
+            backbone = build_tiny_backbone(
+                params.model, english_texts=train.caption.tolist(),
+                multilingual_texts=train_all.loc[train_all.lang != SOURCE_LANG, "caption"].tolist(),
+                image_size=params.data.image_size)
+        do_train = not (out / "config.json").exists() or not resume
+    else:
+        out = paths.backbone("finetune_hf")
+        backbone = load_backbone(out) if (out / "config.json").exists() and resume \
+            else load_hf_backbone(params.model)
+        do_train = (params.vlp.steps > 0 or params.vlp.epochs > 0) and not (out / "config.json").exists()
+        train = train[train.corpus == down.corpus.iloc[0]] if "corpus" in train else train
+    losses_frame = pd.DataFrame()
+    samples_per_s = 0.0
+    if do_train:
+        image_ids, image_rows = np.unique(train.image_id.values, return_inverse=True)
+        first_path = train.drop_duplicates("image_id").set_index("image_id").image_path
+        images = load_images(first_path.loc[image_ids].tolist(), params.data.image_size)
+        result = train_vlp_stage(backbone=backbone, images=images, captions=train.caption.tolist(),
+                                 image_rows=image_rows, cfg=params.vlp, seed=params.run.seeds[0],
+                                 device=device, out_dir=paths.artifacts / "vlp_training", resume=resume)
+        backbone.save(out)
+        losses_frame, samples_per_s = result.losses, result.samples_per_s
+        paths.losses.mkdir(parents=True, exist_ok=True)
+        losses_frame.to_csv(paths.losses / "vlp.csv", index=False)
+    elif (paths.losses / "vlp.csv").exists():
+        losses_frame = pd.read_csv(paths.losses / "vlp.csv")
+    backbone.freeze()
+    forget_backbones()
+    english = english_oracle(params, run_dir, backbone=backbone.to(device).eval())
+    (paths.root / "vlp_english_test.json").write_text(json.dumps(english, indent=2))
+    return VLPResult(backbone=backbone, losses=losses_frame, english_test=english,
+                     seconds=time.perf_counter() - t0, samples_per_s=samples_per_s)
+
+
+# ----------------------------------------------------------------------------- target stages (02, 03)
+
+def trained_methods(params: Params, setting: str) -> list[str]:
+    from .model import METHODS
+    names = params.run.methods.get(setting, [])
+    unknown = [m for m in names if m not in METHODS]
+    if unknown:
+        raise ValueError(f"run.methods.{setting}: unknown method(s) {unknown}; "
+                         f"known: {sorted(METHODS)}")
+    return [m for m in names if METHODS[m].trained]
+
+
+def train_stage_all(params: Params, run_dir: str | Path, stage: str, resume: bool = True) -> pd.DataFrame:
+    """Train `stage` (cla/cma) for every setting, trained method and seed of the run.
+    CMA starts from the same method's CLA weights. Returns one summary row per run."""
+    stage = canonical_stage(stage)
+    paths = RunPaths(Path(run_dir))
+    paths.losses.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(params.run.device)
+    summary = []
+    for setting in params.run.settings:
+        methods = trained_methods(params, setting)
+        if not methods:
+            continue
+        backbone = get_backbone(params, run_dir, setting)
+        corpus = corpus_config(params, setting)
+        rows = training_rows(load_table(corpus), params.data.langs)
+        feats = frozen_features(backbone, rows, image_size=corpus.image_size,
+                                cache_dir=paths.cache, device=device)
+        data = make_target_data(backbone, rows, feats, with_images=(stage == "cma"))
+        for method in methods:
+            for seed in params.run.seeds:
+                out = paths.checkpoint(setting, method, seed, stage)
+                init = paths.checkpoint(setting, method, seed, "cla") / "model" if stage == "cma" else None
+                if init is not None and not (init / "config.json").exists():
+                    raise TrainingError(f"CMA for {setting}/{method}/seed{seed} needs the CLA model "
+                                        f"in {init}; run notebook 02_train_cla first")
+                result = train_target_stage(params=params, stage=stage, method=method, seed=seed,
+                                            backbone=backbone, data=data, out_dir=out,
+                                            init_from=init, resume=resume)
+                shutil.copyfile(out / "losses.csv",
+                                paths.losses / f"{setting}__{method}__seed{seed}__{stage}.csv")
+                last = result.losses.iloc[-1] if len(result.losses) else {}
+                summary.append({"setting": setting, "method": method, "seed": seed, "stage": stage,
+                                "steps": result.steps, "seconds": round(result.seconds, 1),
+                                "samples_per_s": round(result.samples_per_s, 1),
+                                "final_loss": float(last.get("total", float("nan"))) if len(result.losses) else float("nan"),
+                                "trainable_params": result.extra["trainable_params"]})
+    frame = pd.DataFrame(summary)
+    frame.to_csv(paths.root / f"train_{stage}_summary.csv", index=False)
+    return frame
+
+
+def load_losses(run_dir: str | Path, stage: str) -> pd.DataFrame:
+    """All loss CSVs of a stage in long form with setting/method/seed columns."""
+    frames = []
+    for path in sorted(RunPaths(Path(run_dir)).losses.glob(f"*__{canonical_stage(stage)}.csv")):
+        setting, method, seed, _ = path.stem.split("__")
+        frames.append(pd.read_csv(path).assign(setting=setting, method=method, seed=int(seed[4:])))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def load_trained_model(params: Params, run_dir: str | Path, setting: str, method: str, seed: int):
+    """The model a method ends with: CMA weights for trained methods; for untrained ones
+    (the floor) a fresh target tower built with the seed."""
+    from .checkpoint import from_pretrained
+    from .model import METHODS, build_target_model
+    backbone = get_backbone(params, run_dir, setting)
+    spec = METHODS[method]
+    if not spec.trained:
+        torch.manual_seed(seed)
+        return build_target_model(backbone, params.model, method, params.data.langs)
+    path = RunPaths(Path(run_dir)).checkpoint(setting, method, seed, "cma") / "model"
+    if not (path / "config.json").exists():
+        raise TrainingError(f"no trained model for {setting}/{method}/seed{seed} at {path}; "
+                            "run notebooks 02 and 03 first")
+    return from_pretrained(path, backbone)

@@ -1,0 +1,648 @@
+"""The notebook runner: `dasd-run` executes notebooks/NN_*.ipynb in order with papermill.
+
+    dasd-run --params params/default.yaml [--run-id ID] [--only 02,03] [-p cla.steps=5 ...]
+             [--notebooks-dir notebooks] [--reports-dir reports] [--resume] [--log-output]
+
+A run lives in reports/<run_id>/ (see reports/README.md): params.yaml (the resolved
+parameters), env.json (versions, git commit, command), notebooks/ (the executed copies),
+run.log and timings.json (wall time per notebook), and whatever the notebooks write.
+
+Every notebook gets three parameters: params_file (the run's params.yaml), run_dir (the
+run folder, absolute) and overrides ([]; they are already in params.yaml). Notebooks run
+with the *project root* (the folder holding notebooks/) as working directory, so relative
+paths in the parameters (dataset/, reports/) mean the same as on the command line and as
+in JupyterLab, where `prepare_run` changes into the project root for the same reason.
+
+Only one runner may work in a run folder at a time: it holds reports/<id>/.lock, created
+with O_CREAT|O_EXCL (and flock'ed where the OS has it); a lock left by a dead process on
+this host is reclaimed. A folder that already holds a run is only reused with --resume.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as _dt
+import importlib.metadata
+import json
+import os
+import platform
+import re
+import shlex
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from .config import ConfigError, Params, load_params, save_params
+
+try:  # POSIX only; elsewhere the lock falls back to the pid check alone
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
+
+KERNEL_NAME = "python3"
+NOTEBOOK_RE = re.compile(r"^(\d{2})_[\w.-]+\.ipynb$")
+RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+INTERACTIVE_ID = "interactive"
+RUN_SUBDIRS = ("figures", "artifacts", "losses")
+# params that name the run rather than change it: ignored when comparing two runs' params
+RUN_NAMING_KEYS = ("run.run_id", "run.reports_dir")
+# versions recorded in env.json (import names differ; these are distribution names)
+PACKAGES = ("dasd_lib", "torch", "transformers", "tokenizers", "safetensors", "accelerate",
+            "numpy", "pandas", "scikit-learn", "umap-learn", "matplotlib", "pillow",
+            "papermill", "nbconvert", "nbformat", "ipykernel", "ipywidgets", "jupyterlab",
+            "pyyaml", "tqdm")
+STALE_EMPTY_LOCK_S = 60.0  # a lock file with no readable owner older than this is stale
+
+
+# ----------------------------------------------------------------------------- errors
+
+class RunError(RuntimeError):
+    """The runner cannot start or continue; the message says what to do."""
+
+
+class RunLockedError(RunError):
+    """Another runner holds the run folder's lock."""
+
+
+class RunExistsError(RunError):
+    """The run folder already holds a run and --resume was not given."""
+
+
+class NotebookFailed(RunError):
+    """A notebook raised; names the notebook, the cell and the error."""
+
+    def __init__(self, *, notebook: str, output_path: Path, ename: str, evalue: str,
+                 cell_index: int | None = None, exec_count: int | None = None,
+                 first_line: str = "", run_dir: Path | None = None):
+        self.notebook, self.output_path = notebook, output_path
+        self.ename, self.evalue = ename, evalue
+        self.cell_index, self.exec_count, self.first_line = cell_index, exec_count, first_line
+        self.run_dir = run_dir
+        super().__init__(self.describe())
+
+    def describe(self) -> str:
+        if self.cell_index is not None:
+            where = (f"cell {self.cell_index} (0-based, in notebooks/{self.notebook}; "
+                     f"In [{self.exec_count}] in the executed copy): {self.first_line}")
+        elif self.first_line:
+            where = f"the parameters papermill injected: {self.first_line}"
+        else:
+            where = "before or outside any cell (kernel or papermill error)"
+        return (f"notebook {self.notebook} failed in {where}\n"
+                f"  {self.ename}: {self.evalue}\n"
+                f"  executed notebook with the full traceback: {self.output_path}")
+
+
+# ----------------------------------------------------------------------------- small helpers
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file and rename, so a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def params_diff(a: Params, b: Params, ignore: Sequence[str] = RUN_NAMING_KEYS) -> list[str]:
+    """Keys whose values differ between two Params, as 'section.key: a -> b' lines."""
+    fa, fb = _flatten(a.to_dict()), _flatten(b.to_dict())
+    return [f"{k}: {fa.get(k)!r} -> {fb.get(k)!r}" for k in sorted(set(fa) | set(fb))
+            if k not in ignore and fa.get(k) != fb.get(k)]
+
+
+def _with_run_id(params: Params, run_id: str) -> Params:
+    return dataclasses.replace(params, run=dataclasses.replace(params.run, run_id=run_id))
+
+
+def find_project_root(start: Path | None = None) -> Path | None:
+    """The nearest folder at or above `start` holding both notebooks/ and params/."""
+    start = (start or Path.cwd()).resolve()
+    for folder in (start, *start.parents):
+        if (folder / "notebooks").is_dir() and (folder / "params").is_dir():
+            return folder
+    return None
+
+
+def _resolve_input(path: str | Path, root: Path | None) -> Path:
+    """A user-given input path: absolute as is, else relative to the cwd, else to `root`."""
+    p = Path(path).expanduser()
+    if p.is_absolute() or p.exists() or root is None:
+        return p.resolve()
+    return (root / p).resolve() if (root / p).exists() else p.resolve()
+
+
+# ----------------------------------------------------------------------------- notebooks
+
+def find_notebooks(notebooks_dir: str | Path) -> list[Path]:
+    """notebooks/NN_name.ipynb in number order; an error when there are none."""
+    folder = Path(notebooks_dir)
+    if not folder.is_dir():
+        raise RunError(f"notebook folder {folder} does not exist; pass --notebooks-dir")
+    found = sorted(p for p in folder.iterdir() if NOTEBOOK_RE.match(p.name))
+    if not found:
+        raise RunError(f"no notebooks named NN_name.ipynb in {folder}")
+    return found
+
+
+def select_notebooks(notebooks: Sequence[Path], only: Sequence[str] | str | None) -> list[Path]:
+    """Keep the notebooks whose number or name starts with one of `only` ("02", "2",
+    "02_train_cla"; comma-separated strings allowed); None keeps all. Order stays numeric."""
+    if only is None:
+        return list(notebooks)
+    if isinstance(only, str):
+        only = [only]
+    wanted = [w.strip() for item in only for w in str(item).split(",") if w.strip()]
+    if not wanted:
+        return list(notebooks)
+    keys = [w.zfill(2) if w.isdigit() else w for w in wanted]
+    missing = [w for w, k in zip(wanted, keys) if not any(p.name.startswith(k) for p in notebooks)]
+    if missing:
+        have = ", ".join(p.name for p in notebooks)
+        raise RunError(f"--only {','.join(missing)}: no such notebook; available: {have}")
+    return [p for p in notebooks if any(p.name.startswith(k) for k in keys)]
+
+
+def _failed_cell(src: Path, cell_index: int) -> int | None:
+    """Map papermill's cell index (in the notebook with the injected parameters cell) back
+    to the cell index of the source notebook; None for the injected cell itself."""
+    import nbformat
+    nb = nbformat.read(src, as_version=4)
+    tagged = [i for i, c in enumerate(nb.cells)
+              if "parameters" in c.get("metadata", {}).get("tags", [])]
+    injected_at = tagged[0] + 1 if tagged else 0
+    if cell_index == injected_at:
+        return None
+    return cell_index - 1 if cell_index > injected_at else cell_index
+
+
+def _kernel_config() -> dict[str, Any]:
+    """Encrypt the kernel's TCP channels where pyzmq supports it (ipykernel warns otherwise)."""
+    try:
+        import zmq
+        from traitlets.config import Config
+    except ImportError:  # pragma: no cover
+        return {}
+    if not zmq.has("curve"):
+        return {}
+    return {"config": Config({"KernelManager": {"transport_encryption": "auto"}})}
+
+
+def execute_notebook(src: Path, dst: Path, *, parameters: dict[str, Any], cwd: Path,
+                     log_output: bool = False, progress: bool = False) -> None:
+    """Run one notebook with papermill into `dst`; raise NotebookFailed naming the cell."""
+    import papermill as pm  # imported here: notebooks import this module and need no papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    try:
+        pm.execute_notebook(str(src), str(dst), parameters=parameters, kernel_name=KERNEL_NAME,
+                            cwd=str(cwd), log_output=log_output, progress_bar=progress,
+                            **_kernel_config())
+    except PapermillExecutionError as err:
+        index = _failed_cell(src, err.cell_index)
+        lines = [ln for ln in (err.source or "").splitlines() if ln.strip()]
+        raise NotebookFailed(notebook=src.name, output_path=dst, ename=err.ename,
+                             evalue=err.evalue, cell_index=index, exec_count=err.exec_count,
+                             first_line=lines[0].strip() if lines else "") from err
+    except Exception as err:  # kernel died, bad notebook JSON, ...: still name the notebook
+        raise NotebookFailed(notebook=src.name, output_path=dst, ename=type(err).__name__,
+                             evalue=str(err)) from err
+
+
+# ----------------------------------------------------------------------------- environment
+
+def _git(root: Path, *args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
+                             timeout=20, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip()
+
+
+def collect_env(root: Path, command: Sequence[str] | None = None) -> dict[str, Any]:
+    """What produced a run: Python, package versions, git commit and dirty flag, machine."""
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    status = _git(root, "status", "--porcelain", "--untracked-files=no")
+    return {
+        "created": _now(),
+        "python": sys.version.split()[0],
+        "python_executable": sys.executable,
+        "packages": versions,
+        "git": {"commit": _git(root, "rev-parse", "HEAD"),  # None: no commit / not a repo
+                "dirty": bool(status) if status is not None else None},
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "host": socket.gethostname(),
+        "cwd": str(root),
+        "command": shlex.join(command if command is not None else sys.argv),
+    }
+
+
+# ----------------------------------------------------------------------------- the lock
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, belongs to someone else
+        return True
+    return True
+
+
+class RunLock:
+    """Exclusive ownership of a run folder: `.lock` created with O_CREAT|O_EXCL and kept
+    flock'ed while the run lasts. A lock whose owner died on this host is reclaimed."""
+
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / ".lock"
+        self._fd: int | None = None
+
+    def acquire(self, command: str = "") -> "RunLock":
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "started": _now(),
+                "command": command}
+        for _ in range(5):  # retries only after reclaiming a stale lock
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                self._reclaim_or_raise()
+                continue
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)  # blocking: a checker may hold it for a moment
+            os.write(fd, json.dumps(info).encode())
+            os.fsync(fd)
+            self._fd = fd
+            return self
+        raise RunLockedError(f"could not take {self.path}: it keeps reappearing; "
+                             f"another dasd-run is starting in the same folder")
+
+    def _reclaim_or_raise(self) -> None:
+        try:
+            fd = os.open(self.path, os.O_RDWR)
+        except FileNotFoundError:
+            return  # released meanwhile: try again
+        try:
+            if fcntl is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise RunLockedError(self._held_message(self._read(fd))) from None
+            owner = self._read(fd)
+            if not self._stale(owner, fd):
+                raise RunLockedError(self._held_message(owner))
+            try:  # still the file at self.path? Another runner may have reclaimed it first.
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                return
+            if same:
+                os.unlink(self.path)
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _read(fd: int) -> dict[str, Any]:
+        os.lseek(fd, 0, os.SEEK_SET)
+        try:
+            owner = json.loads(os.read(fd, 65536).decode() or "{}")
+        except (ValueError, UnicodeDecodeError):
+            return {}
+        return owner if isinstance(owner, dict) else {}
+
+    @staticmethod
+    def _stale(owner: dict[str, Any], fd: int) -> bool:
+        pid = owner.get("pid")
+        if isinstance(pid, int):
+            # a pid on another host cannot be checked from here: never stale
+            return owner.get("host") == socket.gethostname() and not _pid_alive(pid)
+        return time.time() - os.fstat(fd).st_mtime > STALE_EMPTY_LOCK_S
+
+    def _held_message(self, owner: dict[str, Any]) -> str:
+        who = (f"pid {owner.get('pid')} on {owner.get('host')}, started {owner.get('started')}"
+               if owner else "an unknown process")
+        return (f"run folder {self.path.parent} is in use by another dasd-run ({who}); "
+                f"wait for it to finish or pick another --run-id. "
+                f"If no run is active there, delete {self.path}.")
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            if os.stat(self.path).st_ino == os.fstat(self._fd).st_ino:
+                os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        finally:
+            os.close(self._fd)  # also drops the flock
+            self._fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire() if self._fd is None else self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+# ----------------------------------------------------------------------------- run records
+
+class _Records:
+    """run.log (appended, one line per event) and timings.json (rewritten after each step)."""
+
+    def __init__(self, run_dir: Path, run_id: str, resume: bool):
+        self.log_path, self.timings_path = run_dir / "run.log", run_dir / "timings.json"
+        old = {}
+        if resume and self.timings_path.is_file():
+            try:
+                old = json.loads(self.timings_path.read_text(encoding="utf-8"))
+            except ValueError:
+                old = {}
+        self.timings: dict[str, Any] = {
+            "run_id": run_id, "status": "running", "started": _now(), "finished": None,
+            "notebooks": old.get("notebooks", {}) if isinstance(old, dict) else {},
+        }
+        self.save()
+
+    def log(self, text: str) -> None:
+        with self.log_path.open("a", encoding="utf-8") as f:
+            f.write(f"{_now()} {text}\n")
+
+    def notebook(self, name: str, **entry: Any) -> None:
+        self.timings["notebooks"][name] = entry
+        self.save()
+
+    def finish(self, status: str) -> None:
+        self.timings.update(status=status, finished=_now())
+        self.save()
+
+    def save(self) -> None:
+        _write_atomic(self.timings_path, json.dumps(self.timings, indent=2) + "\n")
+
+
+def _run_status(run_dir: Path) -> str | None:
+    """The status of a previous run in `run_dir`, or None when it holds none."""
+    timings = run_dir / "timings.json"
+    if timings.is_file():
+        try:
+            return str(json.loads(timings.read_text(encoding="utf-8")).get("status", "unknown"))
+        except (ValueError, AttributeError):
+            return "unknown"
+    return "unknown" if (run_dir / "params.yaml").is_file() else None
+
+
+def default_run_id(params_path: str | Path) -> str:
+    """20261128-073512-default: local time, then the parameter file's stem."""
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{Path(params_path).stem}"
+
+
+def _claim_auto_folder(reports_dir: Path, base: str) -> tuple[str, Path]:
+    """A fresh folder for a generated run id; a second run in the same second gets -2, -3..."""
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 1000):
+        run_id = base if n == 1 else f"{base}-{n}"
+        try:
+            (reports_dir / run_id).mkdir()  # atomic: exactly one caller creates it
+            return run_id, reports_dir / run_id
+        except FileExistsError:
+            continue
+    raise RunError(f"could not find a free run id like {base} in {reports_dir}")
+
+
+# ----------------------------------------------------------------------------- the runner
+
+def run_notebooks(params_path: str | Path, run_id: str | None = None,
+                  only: Sequence[str] | str | None = None, overrides: Sequence[str] | None = None,
+                  notebooks_dir: str | Path = "notebooks", reports_dir: str | Path | None = None,
+                  *, resume: bool = False, log_output: bool = False, progress: bool = False,
+                  command: Sequence[str] | None = None) -> Path:
+    """Execute the notebooks in order into reports/<run_id>/notebooks/; return the run folder.
+
+    reports_dir None means params `run.reports_dir`, relative to the project root (the
+    folder holding `notebooks_dir`). Raises ConfigError (bad params; before anything runs),
+    RunLockedError, RunExistsError, RunError, or NotebookFailed (after recording it).
+    """
+    notebooks_dir = Path(notebooks_dir).resolve()
+    root = notebooks_dir.parent
+    params_path = Path(params_path).resolve()
+    params = load_params(params_path, list(overrides or []))  # unknown keys fail here
+    notebooks = select_notebooks(find_notebooks(notebooks_dir), only)
+    reports = (Path(reports_dir).resolve() if reports_dir is not None
+               else root / params.run.reports_dir)
+
+    run_id = run_id or params.run.run_id or None
+    if run_id is not None:
+        if not RUN_ID_RE.match(run_id):
+            raise RunError(f"run id '{run_id}': use letters, digits, '.', '_' and '-' only")
+        run_dir = reports / run_id
+        run_dir.mkdir(parents=True, exist_ok=True)
+    else:  # a generated id never collides: a second run in the same second gets a suffix
+        run_id, run_dir = _claim_auto_folder(reports, default_run_id(params_path))
+    params = _with_run_id(params, run_id)
+    command_line = shlex.join(command if command is not None else sys.argv)
+
+    lock = RunLock(run_dir).acquire(command_line)  # RunLockedError: another run is in there
+    try:
+        status = _run_status(run_dir)
+        if status is not None and not resume:
+            raise RunExistsError(
+                f"{run_dir} already holds a run (status: {status}); pass --resume to re-execute "
+                f"notebooks in it with the same parameters, or choose another --run-id")
+        env = collect_env(root, command)
+        if status is not None and (run_dir / "params.yaml").is_file():
+            # resuming: the folder's parameters must not change under its earlier notebooks
+            changed = params_diff(load_params(run_dir / "params.yaml"), params)
+            if changed:
+                raise RunError(f"--resume with other parameters than {run_dir / 'params.yaml'}: "
+                               + "; ".join(changed) + ". Start a new run id instead.")
+            try:
+                old_env = json.loads((run_dir / "env.json").read_text(encoding="utf-8"))
+                env["previous"] = [*old_env.pop("previous", []), old_env]
+            except (OSError, ValueError):
+                pass
+        save_params(params, run_dir / "params.yaml")
+        _write_atomic(run_dir / "env.json", json.dumps(env, indent=2) + "\n")
+        for sub in (*RUN_SUBDIRS, "notebooks"):
+            (run_dir / sub).mkdir(exist_ok=True)
+
+        records = _Records(run_dir, run_id, resume)
+        records.log(f"start run {run_id}: {command_line} ({len(notebooks)} notebooks"
+                    f"{', resumed' if status is not None else ''})")
+        plural = "s" * (len(notebooks) != 1)
+        print(f"dasd-run: run {run_id} in {run_dir} ({len(notebooks)} notebook{plural})",
+              flush=True)
+        parameters = {"params_file": str(run_dir / "params.yaml"), "run_dir": str(run_dir),
+                      "overrides": []}
+        t_run = time.perf_counter()
+        for i, src in enumerate(notebooks, 1):
+            dst = run_dir / "notebooks" / src.name
+            records.log(f"start {src.name}")
+            records.notebook(src.name, status="running", started=_now(), seconds=None)
+            print(f"  [{i}/{len(notebooks)}] {src.name}: running", flush=True)
+            t0 = time.perf_counter()
+            try:
+                execute_notebook(src, dst, parameters=parameters, cwd=root,
+                                 log_output=log_output, progress=progress)
+            except NotebookFailed as err:
+                seconds = round(time.perf_counter() - t0, 2)
+                err.run_dir = run_dir
+                records.notebook(src.name, status="failed", seconds=seconds,
+                                 cell_index=err.cell_index, error=f"{err.ename}: {err.evalue}")
+                records.log(f"FAILED {src.name} after {seconds} s: "
+                            + err.describe().replace("\n", " |"))
+                records.finish("failed")
+                raise
+            except BaseException:  # Ctrl-C: the record says so, the lock is released below
+                records.notebook(src.name, status="interrupted",
+                                 seconds=round(time.perf_counter() - t0, 2))
+                records.finish("interrupted")
+                raise
+            seconds = round(time.perf_counter() - t0, 2)
+            records.notebook(src.name, status="ok", seconds=seconds)
+            records.log(f"ok {src.name} {seconds} s")
+            print(f"  [{i}/{len(notebooks)}] {src.name}: ok ({seconds:.1f} s)", flush=True)
+        total = round(time.perf_counter() - t_run, 2)
+        records.timings["total_seconds"] = total
+        records.finish("completed")
+        records.log(f"completed {len(notebooks)} notebooks in {total} s")
+        return run_dir
+    finally:
+        lock.release()
+
+
+# ----------------------------------------------------------------------------- in notebooks
+
+def prepare_run(params_file: str | Path, run_dir: str | Path,
+                overrides: Sequence[str] | None = None) -> tuple[Params, Path]:
+    """First call of every notebook: the run's Params and its folder (absolute), with
+    figures/, artifacts/ and losses/ created.
+
+    - run_dir holds params.yaml (a dasd-run run): those parameters, always. A different
+      params_file or overrides that would change them are an error: a run's notebooks
+      must agree on their parameters.
+    - run_dir without params.yaml (a notebook run alone with papermill): params_file plus
+      overrides, recorded into run_dir/params.yaml and env.json.
+    - run_dir "" (opened alone in JupyterLab): changes into the project root, loads
+      params_file plus overrides and uses <reports_dir>/interactive as the run folder.
+    """
+    overrides = list(overrides or [])
+    if not str(run_dir):
+        root = find_project_root()
+        source = _resolve_input(params_file, root) if str(params_file) else None
+        params = load_params(source, overrides)
+        if root is not None:
+            os.chdir(root)  # as under dasd-run: relative params paths start at the project root
+        folder = (root or Path.cwd()) / params.run.reports_dir / INTERACTIVE_ID
+        params = _with_run_id(params, INTERACTIVE_ID)
+        folder.mkdir(parents=True, exist_ok=True)
+        if (folder / "params.yaml").is_file():
+            changed = params_diff(load_params(folder / "params.yaml"), params)
+            if changed:
+                print(f"note: {folder} held outputs made with other parameters "
+                      f"({'; '.join(changed[:5])}{' ...' if len(changed) > 5 else ''})")
+        return _record(params, folder, root or Path.cwd())
+
+    folder = Path(run_dir).expanduser().resolve()
+    recorded = folder / "params.yaml"
+    if recorded.is_file():
+        params = load_params(recorded)
+        given = _resolve_input(params_file, None) if str(params_file) else recorded
+        if given != recorded or overrides:
+            asked = load_params(given, overrides)
+            changed = params_diff(params, asked)
+            if changed:
+                raise ConfigError(
+                    f"{recorded} already fixes this run's parameters; "
+                    f"params_file={str(params_file)!r} with overrides {overrides} would change "
+                    f"{'; '.join(changed)}. Use a new "
+                    f"run_dir, or params_file={str(recorded)!r} and no overrides.")
+        for sub in RUN_SUBDIRS:
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        return params, folder
+    params = load_params(_resolve_input(params_file, None) if str(params_file) else None, overrides)
+    folder.mkdir(parents=True, exist_ok=True)
+    return _record(_with_run_id(params, folder.name), folder, Path.cwd())
+
+
+def _record(params: Params, folder: Path, root: Path) -> tuple[Params, Path]:
+    save_params(params, folder / "params.yaml")
+    _write_atomic(folder / "env.json", json.dumps(collect_env(root), indent=2) + "\n")
+    for sub in RUN_SUBDIRS:
+        (folder / sub).mkdir(exist_ok=True)
+    return params, folder
+
+
+# ----------------------------------------------------------------------------- command line
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="dasd-run", description="Run the workbook's notebooks in order with papermill "
+        "into reports/<run_id>/ and record the parameters, versions and timings.")
+    ap.add_argument("--params", default="params/default.yaml",
+                    help="parameter file (default: %(default)s)")
+    ap.add_argument("--run-id", default=None,
+                    help="run folder name (default: run.run_id, else a timestamp + params stem)")
+    ap.add_argument("--only", action="append", default=None, metavar="NN[,NN...]",
+                    help="run only these notebooks, by number or name prefix (repeatable)")
+    ap.add_argument("-p", "--param", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="override one parameter, e.g. -p cla.steps=5 (value read as YAML)")
+    ap.add_argument("--notebooks-dir", default="notebooks", help="default: %(default)s")
+    ap.add_argument("--reports-dir", default=None,
+                    help="where run folders go (default: run.reports_dir, i.e. reports)")
+    ap.add_argument("--resume", action="store_true",
+                    help="re-execute the selected notebooks in an existing run folder")
+    ap.add_argument("--log-output", action="store_true",
+                    help="echo the notebooks' cell outputs to the terminal")
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    try:
+        run_dir = run_notebooks(args.params, run_id=args.run_id, only=args.only,
+                                overrides=args.param, notebooks_dir=args.notebooks_dir,
+                                reports_dir=args.reports_dir, resume=args.resume,
+                                log_output=args.log_output, progress=sys.stderr.isatty(),
+                                command=["dasd-run", *argv])
+    except NotebookFailed as err:
+        print(f"dasd-run: {err}", file=sys.stderr)
+        if err.run_dir is not None:
+            print(f"dasd-run: run folder {err.run_dir} (see run.log); after a fix, rerun "
+                  f"with --run-id {err.run_dir.name} --resume --only {err.notebook[:2]},...",
+                  file=sys.stderr)
+        return 1
+    except (RunError, ConfigError) as err:
+        print(f"dasd-run: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dasd-run: interrupted", file=sys.stderr)
+        return 130
+    print(f"dasd-run: finished; run folder {run_dir}")
+    report = run_dir / "report.html"
+    if report.is_file():
+        print(f"dasd-run: report {report}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,512 @@
+"""Training stages: `vlp` (tiny VLP pretraining / English fine-tune), `cla` (alias `nlt`)
+and `cma` (alias `le`), with the losses of method.md.
+
+A stage is a function taking configs and returning a StageResult, so notebooks, the
+runner and the tests call the same thing. The frozen VLP's outputs (image embeddings
+r_V, source-caption embeddings r_S) are computed once and cached (see `frozen_features`).
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+from transformers import get_cosine_schedule_with_warmup
+
+from . import losses
+from .checkpoint import CheckpointError, load_state, save_state
+from .config import ModelConfig, Params, StageConfig
+
+log = logging.getLogger("dasd_lib.train")
+
+STAGE_ALIASES = {"nlt": "cla", "le": "cma", "cla": "cla", "cma": "cma", "vlp": "vlp"}
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (non-finite loss, unusable checkpoint); the message says why."""
+
+
+def canonical_stage(name: str) -> str:
+    try:
+        return STAGE_ALIASES[name.lower()]
+    except KeyError:
+        raise ValueError(f"unknown stage '{name}'; use vlp, cla (nlt) or cma (le)") from None
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TrainingError("run.device is 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def autocast_dtype(cfg: StageConfig, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on CUDA by default; fp32 on CPU."""
+    if cfg.precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
+
+
+# ----------------------------------------------------------------------------- frozen cache
+
+@dataclass
+class FrozenFeatures:
+    """Frozen VLP outputs for one corpus: r_V per image id, r_S per English caption text."""
+    image_index: dict[str, int]
+    image_emb: torch.Tensor          # (N_img, d)
+    text_index: dict[str, int]
+    text_emb: torch.Tensor           # (N_txt, d)
+    key: str = ""
+    from_cache: bool = False
+
+    def images(self, ids) -> torch.Tensor:
+        return self.image_emb[[self.image_index[i] for i in ids]]
+
+    def texts(self, texts) -> torch.Tensor:
+        return self.text_emb[[self.text_index[t] for t in texts]]
+
+
+def _file_fingerprint(paths: list[str]) -> str:
+    """Path, size and mtime of every image: any change to an image file changes the key."""
+    h = hashlib.sha256()
+    for p in paths:
+        st = os.stat(p)
+        h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def cache_key(backbone, image_paths: list[str], texts: list[str], image_size: int) -> str:
+    ident = backbone.identity()
+    payload = {
+        "backbone": ident["name"], "weights": ident["weights_hash"],
+        "images": _file_fingerprint(image_paths),
+        "texts": hashlib.sha256("\n".join(texts).encode()).hexdigest(),
+        "preprocess": {"image_size": image_size, "context_length": backbone.context_length},
+        "version": 1,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+
+
+@torch.no_grad()
+def encode_images(backbone, images: np.ndarray, device, batch_size: int = 256) -> torch.Tensor:
+    out = []
+    for i in range(0, len(images), batch_size):
+        pixels = backbone.preprocess_images(images[i:i + batch_size]).to(device)
+        out.append(backbone.encode_image(pixels).float().cpu())
+    return torch.cat(out) if out else torch.zeros(0, backbone.embed_dim)
+
+
+@torch.no_grad()
+def encode_source_texts(backbone, texts: list[str], device, batch_size: int = 512) -> torch.Tensor:
+    out = []
+    for i in range(0, len(texts), batch_size):
+        ids, mask = backbone.tokenize_source(texts[i:i + batch_size])
+        out.append(backbone.encode_source_text(ids.to(device), mask.to(device)).float().cpu())
+    return torch.cat(out) if out else torch.zeros(0, backbone.embed_dim)
+
+
+def frozen_features(backbone, table: pd.DataFrame, *, image_size: int, cache_dir: str | Path | None,
+                    device: torch.device, use_cache: bool = True) -> FrozenFeatures:
+    """r_V for every image of `table` and r_S for every English caption it holds (captions
+    with lang 'en' and every non-empty source_caption), cached under a key of the
+    backbone weights hash, the image files, the texts and the preprocessing."""
+    from .data import load_images
+
+    images = table.drop_duplicates("image_id")[["image_id", "image_path"]]
+    texts = sorted(set(table.loc[table.lang == "en", "caption"]) |
+                   set(t for t in table.source_caption if t))
+    key = cache_key(backbone, images.image_path.tolist(), texts, image_size)
+    path = Path(cache_dir) / key if cache_dir else None
+    image_ids = images.image_id.tolist()
+    if use_cache and path is not None and (path / "state.json").exists():
+        try:
+            tensors, meta = load_state(path)
+            if meta.get("key") == key and meta.get("image_ids") == image_ids and meta.get("texts") == texts:
+                log.info("frozen features: cache hit %s", path)
+                return FrozenFeatures({i: n for n, i in enumerate(image_ids)}, tensors["image_emb"],
+                                      {t: n for n, t in enumerate(texts)}, tensors["text_emb"],
+                                      key=key, from_cache=True)
+            log.warning("frozen features: cache %s does not match its key; recomputing", path)
+        except CheckpointError as err:
+            log.warning("frozen features: cache %s unusable (%s); recomputing", path, err)
+    backbone.to(device).eval()
+    pixels = load_images(images.image_path.tolist(), image_size)
+    image_emb = encode_images(backbone, pixels, device)
+    text_emb = encode_source_texts(backbone, texts, device)
+    if use_cache and path is not None:
+        save_state(path, {"image_emb": image_emb, "text_emb": text_emb},
+                   {"key": key, "image_ids": image_ids, "texts": texts})
+    return FrozenFeatures({i: n for n, i in enumerate(image_ids)}, image_emb,
+                          {t: n for n, t in enumerate(texts)}, text_emb, key=key)
+
+
+# ----------------------------------------------------------------------------- optimiser
+
+def make_optimizer(params: list[torch.nn.Parameter] | list[tuple[str, torch.nn.Parameter]],
+                   cfg: StageConfig, lr: float | None = None) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (biases, LayerNorm gains and scalars excluded)."""
+    named = [p if isinstance(p, tuple) else ("", p) for p in params]
+    decay = [p for _, p in named if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for _, p in named if p.requires_grad and p.ndim < 2]
+    groups = [g for g in ({"params": decay, "weight_decay": cfg.weight_decay},
+                          {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
+    return torch.optim.AdamW(groups, lr=lr if lr is not None else cfg.lr,
+                             betas=tuple(cfg.betas), eps=cfg.eps)
+
+
+def _optimizer_tensors(opt: torch.optim.Optimizer, prefix: str) -> tuple[dict, dict]:
+    """Optimizer state as flat tensors + JSON meta, so checkpoints stay pickle-free."""
+    sd = opt.state_dict()
+    tensors, meta = {}, {"param_groups": sd["param_groups"], "state_keys": {}}
+    for idx, state in sd["state"].items():
+        meta["state_keys"][str(idx)] = sorted(state)
+        for name, value in state.items():
+            tensors[f"{prefix}.{idx}.{name}"] = torch.as_tensor(value).clone()
+    return tensors, meta
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict, meta: dict, prefix: str) -> None:
+    state = {int(idx): {name: tensors[f"{prefix}.{idx}.{name}"] for name in names}
+             for idx, names in meta["state_keys"].items()}
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+# ----------------------------------------------------------------------------- loop
+
+@dataclass
+class StageResult:
+    stage: str
+    out_dir: Path
+    steps: int
+    losses: pd.DataFrame
+    seconds: float
+    samples_per_s: float
+    resumed_from: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class TrainTask:
+    """What a generic loop needs: modules to checkpoint, how to compute one step."""
+    modules: dict[str, torch.nn.Module]              # name -> module whose trainable weights are saved
+    optimizer: torch.optim.Optimizer
+    step_fn: Callable[[int], dict[str, torch.Tensor]]  # step -> named loss terms incl. "total"
+    batch_size: int
+    extra_optimizers: dict[str, torch.optim.Optimizer] = field(default_factory=dict)
+    params_to_clip: list[torch.nn.Parameter] = field(default_factory=list)
+
+
+def _trainable_state(module: torch.nn.Module, prefix: str) -> dict[str, torch.Tensor]:
+    return {f"{prefix}.{n}": p.detach().cpu().clone() for n, p in module.named_parameters()
+            if p.requires_grad}
+
+
+def _save_training_state(path: Path, task: TrainTask, scheduler, step: int, stage: str) -> None:
+    tensors, meta = {}, {"stage": stage, "step": step, "scheduler": scheduler.state_dict(),
+                         "optimizers": {}}
+    for name, module in task.modules.items():
+        tensors.update(_trainable_state(module, name))
+    for name, opt in {"main": task.optimizer, **task.extra_optimizers}.items():
+        t, m = _optimizer_tensors(opt, f"opt_{name}")
+        tensors.update(t)
+        meta["optimizers"][name] = m
+    save_state(path, tensors, meta)
+
+
+def _load_training_state(path: Path, task: TrainTask, scheduler, stage: str) -> int:
+    tensors, meta = load_state(path)
+    if meta.get("stage") != stage:
+        raise TrainingError(f"checkpoint {path} is from stage '{meta.get('stage')}', not '{stage}'")
+    for name, module in task.modules.items():
+        own = {k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + ".")}
+        missing, unexpected = module.load_state_dict(own, strict=False)
+        if unexpected:
+            raise TrainingError(f"checkpoint {path}: unexpected weights for '{name}': {unexpected[:3]}")
+    for name, opt in {"main": task.optimizer, **task.extra_optimizers}.items():
+        _load_optimizer(opt, tensors, meta["optimizers"][name], f"opt_{name}")
+    scheduler.load_state_dict(meta["scheduler"])
+    return int(meta["step"])
+
+
+def latest_checkpoint(out_dir: Path) -> Path | None:
+    """Newest readable step checkpoint in out_dir; a corrupt newest one falls back to the one before."""
+    candidates = sorted(out_dir.glob("step-*"), key=lambda p: int(p.name.split("-")[1]), reverse=True)
+    for cand in candidates:
+        try:
+            load_state(cand, verify_only=True)
+            return cand
+        except CheckpointError as err:
+            log.warning("checkpoint %s is unusable (%s); trying the previous one", cand, err)
+    return None
+
+
+def run_loop(task: TrainTask, cfg: StageConfig, *, stage: str, steps: int, out_dir: Path,
+             resume: bool = True, desc: str = "") -> StageResult:
+    """The shared training loop: cosine schedule with warm-up, clipping, atomic step
+    checkpoints every cfg.checkpoint_every steps, per-step losses in losses.csv, resume
+    from the newest good checkpoint, stop on a non-finite loss naming the step and term."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    scheduler = get_cosine_schedule_with_warmup(task.optimizer, int(cfg.warmup_frac * steps), max(steps, 1))
+    start = 0
+    if resume and (ckpt := latest_checkpoint(out_dir)) is not None:
+        start = _load_training_state(ckpt, task, scheduler, stage)
+        log.info("%s: resumed from %s (step %d)", desc or stage, ckpt, start)
+    loss_path = out_dir / "losses.csv"
+    if start >= steps and loss_path.exists():  # already complete: nothing to redo
+        frame = pd.read_csv(loss_path)
+        return StageResult(stage=stage, out_dir=out_dir, steps=steps, losses=frame, seconds=0.0,
+                           samples_per_s=0.0, resumed_from=start)
+    rows = []
+    if start and loss_path.exists():
+        rows = [r for r in pd.read_csv(loss_path).to_dict("records") if r["step"] < start]
+    t0 = time.perf_counter()
+    every = cfg.checkpoint_every
+    for step in tqdm(range(start, steps), desc=desc or stage, initial=start, total=steps,
+                     leave=False, mininterval=2.0, disable=None):
+        for m in task.modules.values():
+            m.train()
+        terms = task.step_fn(step)
+        for name, value in terms.items():
+            if not torch.isfinite(value.detach()).all():
+                last = latest_checkpoint(out_dir)
+                raise TrainingError(
+                    f"{desc or stage}: loss term '{name}' is {value.item()} at step {step}; stopped. "
+                    f"Last good checkpoint: {last or 'none (no checkpoint written yet)'}. "
+                    f"Lower {stage}.lr or check the data.")
+        task.optimizer.zero_grad(set_to_none=True)
+        terms["total"].backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(task.params_to_clip, cfg.grad_clip)
+        task.optimizer.step()
+        scheduler.step()
+        rows.append({"step": step, "lr": scheduler.get_last_lr()[0],
+                     **{k: float(v.detach()) for k, v in terms.items()}})
+        if every and (step + 1) % every == 0 and step + 1 < steps:
+            _save_training_state(out_dir / f"step-{step + 1:07d}", task, scheduler, step + 1, stage)
+            pd.DataFrame(rows).to_csv(loss_path, index=False)
+            for old in sorted(out_dir.glob("step-*"))[:-2]:  # keep the two newest
+                _rmtree(old)
+    seconds = time.perf_counter() - t0
+    _save_training_state(out_dir / f"step-{steps:07d}", task, scheduler, steps, stage)
+    for old in sorted(out_dir.glob("step-*"))[:-1]:
+        _rmtree(old)
+    frame = pd.DataFrame(rows)
+    frame.to_csv(loss_path, index=False)
+    done = max(steps - start, 0)
+    return StageResult(stage=stage, out_dir=out_dir, steps=steps, losses=frame, seconds=seconds,
+                       samples_per_s=done * task.batch_size / seconds if seconds > 0 else 0.0,
+                       resumed_from=start)
+
+
+def _rmtree(path: Path) -> None:
+    import shutil
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def step_generator(seed: int, stage: str, step: int) -> torch.Generator:
+    """Batch sampling depends only on (seed, stage, step): resuming replays the same batches."""
+    digest = hashlib.sha256(f"{seed}:{stage}:{step}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**62 - 1))
+
+
+# ----------------------------------------------------------------------------- target data
+
+@dataclass
+class TargetData:
+    """Pre-tokenised target-language training captions with their frozen references."""
+    ids: torch.Tensor                 # (N, T_max) multilingual token ids, right-padded
+    lengths: torch.Tensor             # (N,) real tokens per caption
+    lang_rows: dict[str, torch.Tensor]  # lang -> row indices
+    r_S: torch.Tensor                 # (N, d) frozen source-caption embedding
+    r_V: torch.Tensor | None          # (N, d) frozen image embedding (cma only)
+
+    def batch(self, rows: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pad to the batch's longest caption, not to the context length."""
+        lengths = self.lengths[rows]
+        width = int(lengths.max())
+        ids = self.ids[rows, :width]
+        mask = (torch.arange(width)[None, :] < lengths[:, None]).long()
+        return ids.to(device), mask.to(device)
+
+
+def training_rows(table: pd.DataFrame, langs: list[str]) -> pd.DataFrame:
+    """Target-language training captions that carry their English source caption."""
+    rows = table[(table.split == "train") & table.lang.isin(langs) & (table.source_caption != "")]
+    if rows.empty:
+        raise TrainingError(f"no training captions for languages {langs} with an English source "
+                            "caption; check data.langs and the corpus")
+    missing = sorted(set(langs) - set(rows.lang))
+    if missing:
+        raise TrainingError(f"no training captions for language(s) {missing} in the corpus")
+    return rows.reset_index(drop=True)
+
+
+def make_target_data(backbone, rows: pd.DataFrame, feats: FrozenFeatures, with_images: bool) -> TargetData:
+    ids, mask = backbone.tokenize_target(rows.caption.tolist())
+    lengths = mask.sum(1)
+    lang_rows = {lang: torch.as_tensor(np.flatnonzero(rows.lang.values == lang))
+                 for lang in sorted(rows.lang.unique())}
+    return TargetData(ids=ids.cpu(), lengths=lengths.cpu(), lang_rows=lang_rows,
+                      r_S=feats.texts(rows.source_caption.tolist()),
+                      r_V=feats.images(rows.image_id.tolist()) if with_images else None)
+
+
+# ----------------------------------------------------------------------------- target stages
+
+def _stage_lr(cfg: StageConfig, method: str) -> float:
+    return cfg.lr
+
+
+def target_step_fn(*, model, disc, disc_opt, spec, stage: str, cfg: StageConfig, data: TargetData,
+                   seed: int, device, dtype) -> Callable[[int], dict[str, torch.Tensor]]:
+    """One CLA or CMA step of method.md for `model` (any method); returns named loss terms.
+    Terms starting with 'd_' are logged only (the discriminator's own loss and accuracy)."""
+    langs = sorted(data.lang_rows)
+    lambda_adv = spec.lambda_adv if spec.lambda_adv is not None else cfg.lambda_adv
+    use_sc = spec.sdm and spec.use_sc and cfg.lambda_sc > 0
+    use_adv = spec.sdm and spec.use_adv and lambda_adv > 0 and disc is not None
+
+    def step_fn(step: int) -> dict[str, torch.Tensor]:
+        lang = langs[step % len(langs)]  # one language per batch: its adapters are used
+        pool = data.lang_rows[lang]
+        gen = step_generator(seed, stage, step)
+        rows = pool[torch.randperm(len(pool), generator=gen)[:cfg.batch_size]]
+        ids, mask = data.batch(rows, device)
+        r_S = data.r_S[rows].to(device)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            out = model(ids, mask, lang)
+        r_T = out.r_T.float()
+        terms: dict[str, torch.Tensor] = {}
+        if stage == "cla":
+            ref = r_S
+            terms["mse"] = cfg.lambda_mse * losses.mse(r_T, r_S)
+        else:
+            ref = data.r_V[rows].to(device)
+            terms["infonce"] = losses.info_nce(ref, r_T, scale=cfg.logit_scale)
+            if cfg.lambda_mse > 0:
+                terms["mse"] = cfg.lambda_mse * losses.mse(r_T, r_S)
+        if use_sc:
+            kind = "l1" if stage == "cla" else "smooth_l1"
+            terms["sc"] = cfg.lambda_sc * losses.consistency(out.f_sr.float(), ref, kind=kind)
+        if use_adv:
+            f_sa = out.f_sa.float()
+            perm = None  # losses.default_perm: each caption paired with another's semantics
+            d_acc = losses.discriminator_accuracy(disc, f_sa.detach(), ref.detach(), perm)
+            d_loss = losses.discriminator_loss(disc, f_sa.detach(), ref.detach(), perm)
+            disc_opt.zero_grad(set_to_none=True)
+            d_loss.backward()
+            disc_opt.step()
+            terms["adv"] = lambda_adv * losses.adversarial_loss(disc, f_sa, ref, perm)
+            terms["d_loss"] = d_loss.detach()
+            terms["d_acc"] = d_acc.detach()
+        terms["total"] = sum(v for k, v in terms.items() if not k.startswith("d_"))
+        return terms
+
+    return step_fn
+
+
+def train_target_stage(*, params: Params, stage: str, method: str, seed: int, backbone,
+                       data: TargetData, out_dir: Path, init_from: Path | None = None,
+                       resume: bool = True) -> StageResult:
+    """Train one method's target tower for one stage (CLA or CMA) and save it to out_dir/model."""
+    from .checkpoint import from_pretrained, save_pretrained
+    from .model import METHODS, Discriminator, build_target_model
+
+    stage = canonical_stage(stage)
+    cfg: StageConfig = getattr(params, stage)
+    spec = METHODS[method]
+    device = resolve_device(params.run.device)
+    dtype = autocast_dtype(cfg, device)
+    langs = sorted(data.lang_rows)
+    torch.manual_seed(seed)
+    if init_from is not None:
+        model = from_pretrained(init_from, backbone)
+    else:
+        model = build_target_model(backbone, params.model, method, langs)
+    model.to(device)
+    disc = disc_opt = None
+    if spec.sdm and spec.use_adv:
+        disc = Discriminator(params.model, backbone.width, backbone.embed_dim).to(device)
+        disc_opt = torch.optim.Adam(disc.parameters(), lr=cfg.disc_lr)
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    opt = make_optimizer(trainable, cfg, lr=_stage_lr(cfg, method))
+    modules = {"model": model} | ({"disc": disc} if disc is not None else {})
+    task = TrainTask(modules=modules, optimizer=opt, batch_size=cfg.batch_size,
+                     step_fn=target_step_fn(model=model, disc=disc, disc_opt=disc_opt, spec=spec,
+                                            stage=stage, cfg=cfg, data=data, seed=seed,
+                                            device=device, dtype=dtype),
+                     extra_optimizers={"disc": disc_opt} if disc_opt is not None else {},
+                     params_to_clip=[p for _, p in trainable])
+    steps = stage_steps(cfg, len(data.lengths))
+    result = run_loop(task, cfg, stage=stage, steps=steps, out_dir=out_dir, resume=resume,
+                      desc=f"{stage} {method} s{seed}")
+    save_pretrained(model, out_dir / "model")
+    result.extra["trainable_params"] = sum(p.numel() for _, p in trainable)
+    return result
+
+
+def stage_steps(cfg: StageConfig, n_samples: int) -> int:
+    if cfg.epochs > 0:
+        return max(1, math.ceil(cfg.epochs * n_samples / cfg.batch_size))
+    return cfg.steps
+
+
+# ----------------------------------------------------------------------------- VLP stage
+
+def train_vlp_stage(*, backbone, images: np.ndarray, captions: list[str], image_rows: np.ndarray,
+                    cfg: StageConfig, seed: int, device, out_dir: Path, resume: bool = True) -> StageResult:
+    """Contrastive training of the VLP itself on English (image, caption) pairs: the tiny
+    VLP's pretraining, or the English fine-tune of an HF CLIP. Every VLP weight trains.
+    image_rows[j] is the index in `images` of caption j's image."""
+    ids_all, mask_all = backbone.tokenize_source(captions)
+    lengths = mask_all.sum(1)
+    dtype = autocast_dtype(cfg, device)
+    backbone.to(device)
+    for p in backbone.vlp_parameters():
+        p.requires_grad_(True)
+    named = [(n, p) for n, p in backbone.named_parameters() if p.requires_grad]
+    opt = make_optimizer(named, cfg)
+    ctx = backbone.context_length
+
+    def step_fn(step: int) -> dict[str, torch.Tensor]:
+        gen = step_generator(seed, "vlp", step)
+        # one caption per image in a batch, so InfoNCE has no false negatives from duplicates
+        order = torch.randperm(len(captions), generator=gen)
+        _, first = np.unique(image_rows[order.numpy()], return_index=True)
+        rows = order[np.sort(first)][:cfg.batch_size]
+        width = int(lengths[rows].max())
+        ids = ids_all[rows, :width].to(device)
+        mask = mask_all[rows, :width].to(device)
+        pixels = backbone.preprocess_images(images[image_rows[rows.numpy()]]).to(device)
+        offset = 0
+        if getattr(backbone, "train_all_positions", False) and ctx > width:
+            offset = int(torch.randint(ctx - width + 1, (1,), generator=gen))
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            img = backbone.encode_image(pixels)
+            txt = backbone.encode_source_text(ids, mask, position_offset=offset) if offset \
+                else backbone.encode_source_text(ids, mask)
+        scale = backbone.logit_scale.exp().clamp(max=100.0) if backbone.logit_scale is not None \
+            else torch.tensor(cfg.logit_scale)
+        loss = losses.info_nce(img.float(), txt.float(), scale=scale)
+        return {"infonce": loss, "total": loss}
+
+    task = TrainTask(modules={"backbone": backbone}, optimizer=opt, step_fn=step_fn,
+                     batch_size=cfg.batch_size, params_to_clip=[p for _, p in named])
+    steps = stage_steps(cfg, len(np.unique(image_rows)))
+    result = run_loop(task, cfg, stage="vlp", steps=steps, out_dir=out_dir, resume=resume, desc="vlp")
+    backbone.freeze()
+    return result

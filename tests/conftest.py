@@ -1,0 +1,30 @@
+"""Shared fixtures: the smoke parameters pointed at temporary folders, and a smoke run
+folder with a trained tiny VLP (built once per test session)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dasd_lib.config import load_params
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "params" / "smoke.yaml"
+
+
+def smoke_params(tmp: Path, *extra: str):
+    """params/smoke.yaml with data, web corpus and reports under `tmp`."""
+    return load_params(SMOKE, [f"data.root={tmp / 'dataset'}", f"web.root={tmp / 'dataset'}",
+                               f"run.reports_dir={tmp / 'reports'}", "run.device=cpu", *extra])
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """(params, run_dir) with notebook 01's work done: corpora generated, tiny VLP trained."""
+    from dasd_lib.pipeline import source_vlp
+    tmp = tmp_path_factory.mktemp("smoke")
+    params = smoke_params(tmp)
+    run_dir = tmp / "reports" / "smoke"
+    run_dir.mkdir(parents=True)
+    source_vlp(params, run_dir)
+    return params, run_dir

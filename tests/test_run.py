@@ -1,0 +1,270 @@
+"""The papermill runner (dasd-run) and prepare_run, on small dummy notebooks.
+
+Only `test_real_papermill_run_stops_at_failing_cell` starts kernels (two notebooks); the
+other tests replace `dasd_lib.run.execute_notebook` with a recorder.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from dasd_lib import run as runner
+from dasd_lib.config import ConfigError
+from dasd_lib.run import (NotebookFailed, RunError, RunExistsError, RunLock, RunLockedError,
+                          main, prepare_run, run_notebooks)
+
+PARAMS_CELL = 'params_file = ""\nrun_dir = ""\noverrides = []'
+PREPARE = ("from dasd_lib.run import prepare_run\n"
+           "params, run = prepare_run(params_file, run_dir, overrides)")
+
+
+def mark(name: str) -> str:
+    return f'with open(run / "order.txt", "a") as f:\n    f.write("{name}\\n")'
+
+
+def notebook(*cells: str) -> nbformat.NotebookNode:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell(PARAMS_CELL, metadata={"tags": ["parameters"]})]
+    nb.cells += [nbformat.v4.new_code_cell(c) for c in cells]
+    return nb
+
+
+@pytest.fixture
+def project(tmp_path):
+    """tmp_path laid out like the repo: params/t.yaml and notebooks/00..03."""
+    (tmp_path / "params").mkdir()
+    (tmp_path / "params" / "t.yaml").write_text("cla: {steps: 3}\n")
+    nbs = tmp_path / "notebooks"
+    nbs.mkdir()
+    books = {
+        "00_write.ipynb": notebook(PREPARE, mark("00") + "\n"
+                                   "import os\n(run / 'cwd.txt').write_text(os.getcwd())\n"
+                                   "(run / 'steps.txt').write_text(str(params.cla.steps))"),
+        "01_second.ipynb": notebook(PREPARE, mark("01")),
+        "02_fail.ipynb": notebook(PREPARE, 'raise ValueError("boom in cell two")', mark("02")),
+        "03_after.ipynb": notebook(PREPARE, mark("03")),
+    }
+    for name, nb in books.items():
+        nbformat.write(nb, nbs / name)
+    return tmp_path
+
+
+def args(project: Path, *extra: str) -> list[str]:
+    return ["--params", str(project / "params" / "t.yaml"), "--notebooks-dir",
+            str(project / "notebooks"), "--reports-dir", str(project / "reports"), *extra]
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    """Replace papermill with a recorder that copies the notebook; '03' writes report.html."""
+    seen: list[dict] = []
+
+    def fake(src, dst, *, parameters, cwd, log_output=False, progress=False):
+        seen.append({"name": src.name, "parameters": parameters, "cwd": cwd})
+        shutil.copy(src, dst)
+        if src.name.startswith("03"):
+            (Path(parameters["run_dir"]) / "report.html").write_text("<html></html>")
+
+    monkeypatch.setattr(runner, "execute_notebook", fake)
+    return seen
+
+
+# ----------------------------------------------------------------------------- real papermill
+
+def test_real_papermill_run_stops_at_failing_cell(project, capsys):
+    rc = main(args(project, "--run-id", "r1", "--only", "00,02,03", "-p", "cla.steps=7"))
+    err = capsys.readouterr().err
+    run = project / "reports" / "r1"
+    assert rc == 1
+    # the failure names the notebook, the cell (index and first line) and the error
+    assert "02_fail.ipynb" in err and "cell 2 " in err
+    assert 'raise ValueError("boom in cell two")' in err and "boom in cell two" in err
+    # executed in order, filtered by --only, stopped at the failure
+    assert (run / "order.txt").read_text() == "00\n"
+    assert sorted(p.name for p in (run / "notebooks").iterdir()) == ["00_write.ipynb", "02_fail.ipynb"]
+    # the override reached params.yaml and the notebook; the kernel ran in the project root
+    recorded = yaml.safe_load((run / "params.yaml").read_text())
+    assert recorded["cla"]["steps"] == 7 and recorded["run"]["run_id"] == "r1"
+    assert (run / "steps.txt").read_text() == "7"
+    assert Path((run / "cwd.txt").read_text()).resolve() == project.resolve()
+    env = json.loads((run / "env.json").read_text())
+    assert env["python"] == sys.version.split()[0] and env["packages"]["papermill"] == "2.7.0"
+    assert {"commit", "dirty"} <= set(env["git"]) and "cla.steps=7" in env["command"]
+    timings = json.loads((run / "timings.json").read_text())
+    assert timings["status"] == "failed"
+    assert timings["notebooks"]["00_write.ipynb"]["status"] == "ok"
+    assert timings["notebooks"]["02_fail.ipynb"]["status"] == "failed"
+    assert timings["notebooks"]["02_fail.ipynb"]["cell_index"] == 2
+    assert "FAILED 02_fail.ipynb" in (run / "run.log").read_text()
+    assert not (run / ".lock").exists()
+    # the executed copy carries the injected parameters and the traceback
+    executed = nbformat.read(run / "notebooks" / "02_fail.ipynb", as_version=4)
+    assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
+    assert "boom in cell two" in (run / "notebooks" / "02_fail.ipynb").read_text()
+
+
+# ----------------------------------------------------------------------------- recorded runs
+
+def test_runs_selected_notebooks_in_order_and_records(project, calls, capsys):
+    rc = main(args(project, "--run-id", "ok", "--only", "3", "--only", "01"))
+    out = capsys.readouterr().out
+    run = (project / "reports" / "ok").resolve()
+    assert rc == 0
+    assert [c["name"] for c in calls] == ["01_second.ipynb", "03_after.ipynb"]
+    assert calls[0]["parameters"] == {"params_file": str(run / "params.yaml"),
+                                      "run_dir": str(run), "overrides": []}
+    assert calls[0]["cwd"] == project.resolve()
+    assert str(run / "report.html") in out
+    timings = json.loads((run / "timings.json").read_text())
+    assert timings["status"] == "completed"
+    assert [n for n, e in timings["notebooks"].items() if e["status"] == "ok"] == [
+        "01_second.ipynb", "03_after.ipynb"]
+    assert all((run / d).is_dir() for d in ("figures", "artifacts", "losses", "notebooks"))
+
+
+def test_existing_run_needs_resume_with_same_params(project, calls, capsys):
+    run_notebooks(project / "params" / "t.yaml", run_id="x", only=["00"],
+                  notebooks_dir=project / "notebooks", reports_dir=project / "reports")
+    with pytest.raises(RunExistsError, match="--resume"):
+        run_notebooks(project / "params" / "t.yaml", run_id="x",
+                      notebooks_dir=project / "notebooks", reports_dir=project / "reports")
+    assert main(args(project, "--run-id", "x")) == 2
+    assert "already holds a run (status: completed)" in capsys.readouterr().err
+    with pytest.raises(RunError, match=r"cla\.steps: 3 -> 9"):
+        run_notebooks(project / "params" / "t.yaml", run_id="x", overrides=["cla.steps=9"],
+                      notebooks_dir=project / "notebooks", reports_dir=project / "reports",
+                      resume=True)
+    assert len(calls) == 1
+    run = run_notebooks(project / "params" / "t.yaml", run_id="x", only="01", resume=True,
+                        notebooks_dir=project / "notebooks", reports_dir=project / "reports")
+    assert [c["name"] for c in calls] == ["00_write.ipynb", "01_second.ipynb"]
+    timings = json.loads((run / "timings.json").read_text())
+    assert set(timings["notebooks"]) == {"00_write.ipynb", "01_second.ipynb"}
+    assert len(json.loads((run / "env.json").read_text())["previous"]) == 1
+
+
+def test_bad_params_fail_before_anything_runs(project, calls, capsys):
+    assert main(args(project, "-p", "cla.stpes=5")) == 2
+    err = capsys.readouterr().err
+    assert "stpes" in err and "'steps'" in err
+    assert main(args(project, "--only", "09")) == 2
+    assert "--only 09" in capsys.readouterr().err
+    assert calls == [] and not (project / "reports").exists()
+
+
+def test_generated_run_ids_never_collide(project, calls, monkeypatch):
+    monkeypatch.setattr(runner, "default_run_id", lambda path: "20261128-073512-t")
+    kw = dict(only="00", notebooks_dir=project / "notebooks", reports_dir=project / "reports")
+    first = run_notebooks(project / "params" / "t.yaml", **kw)
+    second = run_notebooks(project / "params" / "t.yaml", **kw)
+    assert (first.name, second.name) == ("20261128-073512-t", "20261128-073512-t-2")
+
+
+# ----------------------------------------------------------------------------- the lock
+
+HOLDER = textwrap.dedent("""
+    import sys, time
+    from dasd_lib.run import RunLock
+    RunLock(sys.argv[1]).acquire("holder")
+    print("locked", flush=True)
+    time.sleep(120)
+""")
+
+
+def test_concurrent_run_with_same_id_is_refused_until_holder_dies(project, calls, capsys):
+    run = project / "reports" / "same"
+    run.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(run)], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunLockedError, match=f"pid {holder.pid}"):
+            run_notebooks(project / "params" / "t.yaml", run_id="same",
+                          notebooks_dir=project / "notebooks", reports_dir=project / "reports")
+        assert main(args(project, "--run-id", "same")) == 2
+        assert "in use by another dasd-run" in capsys.readouterr().err
+        assert calls == [] and not (run / "params.yaml").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (run / ".lock").exists()  # SIGKILL left it behind; its pid is dead now
+    run_notebooks(project / "params" / "t.yaml", run_id="same", only="00",
+                  notebooks_dir=project / "notebooks", reports_dir=project / "reports")
+    assert len(calls) == 1 and not (run / ".lock").exists()
+
+
+def test_lock_race_has_one_winner(tmp_path):
+    barrier = threading.Barrier(8)
+    won, lost, errors = [], [], []
+
+    def contend():
+        lock = RunLock(tmp_path)
+        barrier.wait()
+        try:
+            won.append(lock.acquire())
+        except RunLockedError:
+            lost.append(lock)
+        except Exception as err:  # anything else is a bug
+            errors.append(err)
+
+    threads = [threading.Thread(target=contend) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(won) == 1 and len(lost) == 7
+    won[0].release()
+    assert not (tmp_path / ".lock").exists()
+
+
+def test_lock_of_a_live_process_is_not_reclaimed(tmp_path):
+    import socket
+    (tmp_path / ".lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    with pytest.raises(RunLockedError, match=str(tmp_path / ".lock")):
+        RunLock(tmp_path).acquire()
+    (tmp_path / ".lock").write_text(json.dumps({"pid": os.getpid(), "host": "elsewhere"}))
+    with pytest.raises(RunLockedError):
+        RunLock(tmp_path).acquire()
+
+
+# ----------------------------------------------------------------------------- prepare_run
+
+def test_prepare_run_modes(project, monkeypatch):
+    pfile = project / "params" / "t.yaml"
+    # a notebook run alone into a fresh folder: params recorded there
+    params, run = prepare_run(str(pfile), str(project / "reports" / "solo"), ["cla.steps=5"])
+    assert params.cla.steps == 5 and run == (project / "reports" / "solo").resolve()
+    assert yaml.safe_load((run / "params.yaml").read_text())["cla"]["steps"] == 5
+    assert (run / "env.json").is_file() and (run / "figures").is_dir()
+    # later notebooks of that run: the recorded params win; conflicting ones are refused
+    again, _ = prepare_run(str(run / "params.yaml"), str(run), [])
+    assert again == params
+    assert prepare_run(str(pfile), str(run), ["cla.steps=5"])[0] == params
+    with pytest.raises(ConfigError, match=r"cla\.steps: 5 -> 3"):
+        prepare_run(str(pfile), str(run), [])
+    # opened alone in JupyterLab: cwd notebooks/, run_dir "" -> reports/interactive
+    monkeypatch.chdir(project / "notebooks")
+    params, run = prepare_run("../params/t.yaml", "", ["cla.steps=4"])
+    assert run == (project / "reports" / "interactive").resolve() and params.cla.steps == 4
+    assert Path.cwd() == project.resolve() and params.run.run_id == "interactive"
+    assert (run / "params.yaml").is_file() and (run / "losses").is_dir()
+
+
+def test_notebook_failed_message_names_everything():
+    err = NotebookFailed(notebook="03_train_cma.ipynb", output_path=Path("r/03.ipynb"),
+                         ename="ValueError", evalue="bad", cell_index=4, exec_count=5,
+                         first_line="result = train(params)")
+    text = str(err)
+    assert "03_train_cma.ipynb" in text and "cell 4" in text and "In [5]" in text
+    assert "result = train(params)" in text and "ValueError: bad" in text

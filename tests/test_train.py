@@ -1,0 +1,132 @@
+"""Training stages: resume equals an uninterrupted run, the frozen-output cache changes
+nothing and is never stale, non-finite losses stop with a message, every method trains."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from dasd_lib import train as T
+from dasd_lib.checkpoint import load_state
+from dasd_lib.pipeline import (corpus_config, get_backbone, load_table, train_stage_all,
+                               load_losses)
+
+
+def _cla_data(params, run_dir, use_cache=True):
+    backbone = get_backbone(params, run_dir, "finetune")
+    rows = T.training_rows(load_table(params.data), params.data.langs)
+    feats = T.frozen_features(backbone, rows, image_size=params.data.image_size,
+                              cache_dir=run_dir / "artifacts" / "cache", device=torch.device("cpu"),
+                              use_cache=use_cache)
+    return backbone, rows, feats
+
+
+def _train(params, run_dir, out, stage="cla", method="dasd", data=None, **kw):
+    backbone, rows, feats = _cla_data(params, run_dir)
+    data = data or T.make_target_data(backbone, rows, feats, with_images=(stage == "cma"))
+    return T.train_target_stage(params=params, stage=stage, method=method, seed=0, backbone=backbone,
+                                data=data, out_dir=out, **kw)
+
+
+def _weights(out):
+    tensors, _ = load_state(out / "model")
+    return tensors
+
+
+def test_resume_after_interruption_gives_same_weights(smoke_run, tmp_path, monkeypatch):
+    params, run_dir = smoke_run
+    from dataclasses import replace
+    params = replace(params, cla=replace(params.cla, steps=6, checkpoint_every=2))
+    _train(params, run_dir, tmp_path / "straight")
+    # interrupt: the loop dies at step 3, after the step-2 checkpoint was written
+    real = T.run_loop
+
+    def dying_loop(task, cfg, **kw):
+        inner = task.step_fn
+
+        def step_fn(step):
+            if step == 3:
+                raise KeyboardInterrupt("simulated kill")
+            return inner(step)
+        task.step_fn = step_fn
+        return real(task, cfg, **kw)
+
+    monkeypatch.setattr(T, "run_loop", dying_loop)
+    with pytest.raises(KeyboardInterrupt):
+        _train(params, run_dir, tmp_path / "resumed")
+    assert [p.name for p in (tmp_path / "resumed").glob("step-*")] == ["step-0000002"]
+    monkeypatch.setattr(T, "run_loop", real)
+    result = _train(params, run_dir, tmp_path / "resumed")
+    assert result.resumed_from == 2
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    assert a.keys() == b.keys() and len(a) > 0
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    losses_a = pd.read_csv(tmp_path / "straight" / "losses.csv")
+    losses_b = pd.read_csv(tmp_path / "resumed" / "losses.csv")
+    assert losses_a.step.tolist() == losses_b.step.tolist() == list(range(6))
+    np.testing.assert_allclose(losses_a.total, losses_b.total, rtol=0, atol=0)
+
+
+def test_cache_gives_identical_features_and_losses(smoke_run, tmp_path):
+    params, run_dir = smoke_run
+    backbone, rows, cached = _cla_data(params, run_dir)
+    _, _, again = _cla_data(params, run_dir)
+    assert again.from_cache
+    _, _, fresh = _cla_data(params, run_dir, use_cache=False)
+    assert not fresh.from_cache
+    assert torch.equal(again.image_emb, fresh.image_emb) and torch.equal(again.text_emb, fresh.text_emb)
+    r1 = _train(params, run_dir, tmp_path / "a", data=T.make_target_data(backbone, rows, again, False))
+    r2 = _train(params, run_dir, tmp_path / "b", data=T.make_target_data(backbone, rows, fresh, False))
+    np.testing.assert_array_equal(r1.losses.total.values, r2.losses.total.values)
+
+
+def test_changed_weights_or_images_never_reuse_cache(smoke_run, tmp_path):
+    params, run_dir = smoke_run
+    backbone, rows, feats = _cla_data(params, run_dir)
+    key = feats.key
+    images = rows.drop_duplicates("image_id").image_path.tolist()
+    texts = sorted(set(rows.source_caption))
+    assert T.cache_key(backbone, images, texts, params.data.image_size) == key
+    assert T.cache_key(backbone, images, texts, params.data.image_size + 1) != key
+    assert T.cache_key(backbone, images, texts[:-1], params.data.image_size) != key
+    # touching an image file changes the key
+    copy = tmp_path / "img.png"
+    shutil.copyfile(images[0], copy)
+    assert T.cache_key(backbone, [str(copy)] + images[1:], texts, params.data.image_size) != key
+    # perturbing one frozen weight changes the identity and the key
+    p = next(backbone.parameters())
+    with torch.no_grad():
+        p.add_(1.0)
+    try:
+        assert T.cache_key(backbone, images, texts, params.data.image_size) != key
+    finally:
+        with torch.no_grad():
+            p.sub_(1.0)
+
+
+def test_nan_loss_stops_naming_step_and_term(smoke_run, tmp_path):
+    params, run_dir = smoke_run
+    backbone, rows, feats = _cla_data(params, run_dir)
+    data = T.make_target_data(backbone, rows, feats, with_images=False)
+    data.r_S = data.r_S.clone()
+    data.r_S[:] = float("nan")
+    with pytest.raises(T.TrainingError, match=r"loss term 'mse' is nan at step 0"):
+        _train(params, run_dir, tmp_path / "nan", data=data)
+
+
+def test_every_method_trains_both_stages(smoke_run):
+    params, run_dir = smoke_run
+    cla = train_stage_all(params, run_dir, "nlt")   # alias of cla
+    cma = train_stage_all(params, run_dir, "le")    # alias of cma
+    trained = {m for s in params.run.settings for m in params.run.methods[s] if m not in ("floor", "oracle")}
+    assert set(cla.method) == trained and set(cma.method) == trained
+    assert (cla.steps == params.cla.steps).all() and np.isfinite(cma.final_loss).all()
+    losses = load_losses(run_dir, "cma")
+    assert {"infonce", "total"} <= set(losses.columns)
+    dasd = losses[losses.method == "dasd"]
+    assert dasd[["sc", "adv", "d_acc"]].notna().all().all()
+    assert losses[losses.method == "static"].get("adv", pd.Series(dtype=float)).isna().all()
