@@ -91,7 +91,7 @@ class ModelConfig:
     static_hidden: int = 256        # static adapter bottleneck
     disc_hidden: list[int] = field(default_factory=lambda: [256, 128])
     share_adapters: bool = False    # one adapter set for all languages
-    freeze_embedding: bool = False  # freeze E and its linear: truly parameter-efficient
+    freeze_embedding: bool = False  # freeze E (its e -> w linear still trains): parameter-efficient
     zero_init_up: bool = False      # adapters start as identity
     # random position offsets when pretraining the tiny VLP, so every position is trained
     train_all_positions: bool = True

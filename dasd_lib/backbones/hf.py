@@ -29,12 +29,15 @@ WORD_EMBEDDING_SUFFIX = "embeddings.word_embeddings.weight"
 
 def _resolve_file(path: str, names: list[str]) -> Path | None:
     """The first of `names` in folder `path`, or downloaded from hub id `path`."""
-    folder = Path(path)
+    folder = Path(path).expanduser()
     if folder.is_dir():
         for name in names:
             if (folder / name).is_file():
                 return folder / name
         return None
+    if folder.is_absolute() or path.startswith((".", "~")) or folder.exists():
+        raise BackboneError(f"'{path}' is not a folder; point model.clip_path / model.mbert_path "
+                            f"at a folder written by save_pretrained")
     try:  # a hub id: only works where the hub is reachable
         from huggingface_hub import hf_hub_download
     except ImportError:  # pragma: no cover

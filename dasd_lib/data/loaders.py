@@ -291,7 +291,7 @@ def load_release(path_json: str | Path, english_json: str | Path = "", *,
             anno = anno_cache[anno_path]
             names = _load_names(name_path)
             split_names += names
-            image_dir = _resolve(feat, base)
+            image_dir = _resolve(feat, base).resolve()
             no_caps = [n for n in names if n not in anno]
             if no_caps:
                 skips("name(s) without captions",
@@ -314,7 +314,7 @@ def load_release(path_json: str | Path, english_json: str | Path = "", *,
                                  "style": "", "content": ""})
         if english and "en" not in lists["langs"] and lists["feature"]:
             # English rows come from the English JSON for the split's images
-            image_dir = _resolve(lists["feature"][0], base)
+            image_dir = _resolve(lists["feature"][0], base).resolve()
             for name in dict.fromkeys(split_names):
                 image_id = _stem(name)
                 for j, cap in enumerate(english.get(name, [])):
@@ -345,6 +345,10 @@ def write_release_layout(table: pd.DataFrame, out_dir: str | Path, *, copy_image
     (out / "annotations").mkdir(parents=True, exist_ok=True)
     (out / "names").mkdir(exist_ok=True)
     table = table.assign(_name=[os.path.basename(p) for p in table["image_path"]])
+    clash = table.drop_duplicates("image_path").duplicated("_name")
+    if clash.any():
+        raise DataError(f"write_release_layout: image file name {table.loc[clash, '_name'].iloc[0]!r} "
+                        f"occurs in several folders; the release layout keys captions by file name")
     folders = {os.path.dirname(p) for p in table["image_path"]}
     if copy_images or len(folders) != 1:
         (out / "images").mkdir(exist_ok=True)

@@ -7,7 +7,6 @@ changing e.g. the language list leaves the other languages' captions unchanged.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -351,11 +350,6 @@ def _render_all(jobs: list[tuple], workers: int | None) -> None:
     with ctx.Pool(workers) as pool:
         for _ in pool.imap_unordered(_render_job, jobs, chunksize=64):
             pass
-
-
-def default_config(**changes: Any) -> DataConfig:
-    """DataConfig with changes (a shortcut for tests and notebooks)."""
-    return dataclasses.replace(DataConfig(), **changes)
 
 
 __all__ = ["COLUMNS", "GENERATOR_VERSION", "LANGS", "build_rows", "build_scenes", "check_config",
