@@ -50,6 +50,10 @@ def test_style_frequencies_by_split_variant_language():
     native_fr = sf[(sf["split"] == "test") & (sf["lang"] == "fr") & (sf["variant"] == "native")]
     assert set(native_fr["style"]) == {"fr:se-trouve", "fr:situe", "fr:on-voit", "fr:count"}
     assert sf.loc[sf["variant"] != "native", "style"].str.startswith("mt:").all()
+    wide = style_frequencies(t, wide=True)
+    assert wide.loc[("native", "fr:situe"), ("test", "fr")] > 0
+    assert wide.loc[("native", "fr:situe"), ("train", "fr")] == 0
+    assert wide.loc[("mt", "mt:with"), ("test", "zh")] == 0
 
 
 def test_token_coverage_names_uncovered_forms():

@@ -42,13 +42,17 @@ def content_labels(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(labels, columns=LABEL_COLUMNS, index=table.index)
 
 
-def style_frequencies(table: pd.DataFrame) -> pd.DataFrame:
+def style_frequencies(table: pd.DataFrame, *, wide: bool = False) -> pd.DataFrame:
     """Caption counts by split, variant, language and style, with each style's share
-    within its (split, variant, lang)."""
+    within its (split, variant, lang). wide=True: shares as a (variant, style) x
+    (split, lang) table, the view that shows native and MT styles never overlap."""
     counts = (table.groupby(["split", "variant", "lang", "style"], sort=True).size()
               .rename("count").reset_index())
     totals = counts.groupby(["split", "variant", "lang"])["count"].transform("sum")
     counts["share"] = (counts["count"] / totals).round(4)
+    if wide:
+        return counts.pivot_table(index=["variant", "style"], columns=["split", "lang"],
+                                  values="share", fill_value=0.0)
     return counts
 
 
