@@ -135,6 +135,9 @@ class RunConfig:
     })
     eval_batch_size: int = 256
     kfold: int = 0                  # > 1: average over k folds of the test set (MSCOCO 1K)
+    # languages kfold applies to ("en": the English oracle); [] = all. MSCOCO: ja and en
+    # are tested on 5 x 1K folds, zh on COCO-CN's single 1K test set
+    kfold_langs: list[str] = field(default_factory=list)
     # test variants to evaluate: native human-style captions, noise-free MT-style
     eval_variants: list[str] = field(default_factory=lambda: ["native", "mt_clean"])
 
@@ -145,6 +148,16 @@ class ExploreConfig:
     umap_neighbors: int = 15
     umap_min_dist: float = 0.1
     probe_methods: list[str] = field(default_factory=lambda: ["dasd"])
+    # --- notebook 05 (dasd_lib/explore.py) ---
+    # methods whose f_sr / f_sa / r_T get UMAP plots (each costs a few seconds)
+    umap_methods: list[str] = field(default_factory=lambda: ["dasd"])
+    # content targets of the probes: columns of dasd_lib.data.content_labels
+    probe_content: list[str] = field(default_factory=lambda: ["main_shape", "main_colour", "n_objects"])
+    # style targets, probed within each language: "style" (style id), "variant" (native vs MT)
+    probe_style: list[str] = field(default_factory=lambda: ["style", "variant"])
+    probe_test_frac: float = 0.3    # held-out share of the images
+    colour_content: str = "main_shape"  # the content label the UMAP plots colour by
+    search_k: int = 8               # images the retrieval explorer shows
 
 
 @dataclass

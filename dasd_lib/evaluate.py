@@ -84,6 +84,13 @@ def score_captions(text_emb, captions: pd.DataFrame, image_ids: list[str], image
     return metrics | {"n_images": int(len(keep)), "n_captions": int(len(captions))}
 
 
+def kfold_for(params: Params, lang: str) -> int:
+    """run.kfold for languages in run.kfold_langs (all when it is empty), else 0: MSCOCO's
+    ja (and en) test is 5 folds of 1K images, its zh test (COCO-CN) one 1K set."""
+    langs = params.run.kfold_langs
+    return params.run.kfold if not langs or lang in langs else 0
+
+
 def english_oracle(params: Params, run_dir, *, backbone=None, setting: str = "finetune") -> dict:
     """Translate-test oracle / English sanity check: the frozen VLP on the English test captions."""
     from .pipeline import get_backbone, test_table
@@ -97,7 +104,8 @@ def english_oracle(params: Params, run_dir, *, backbone=None, setting: str = "fi
     image_emb = encode_images(backbone, load_images(images.image_path.tolist(), params.data.image_size), device)
     english = test[(test.lang == SOURCE_LANG)].reset_index(drop=True)
     text_emb = encode_source_texts(backbone, english.caption.tolist(), device)
-    metrics = score_captions(text_emb, english, images.image_id.tolist(), image_emb.numpy(), params.run.kfold)
+    metrics = score_captions(text_emb, english, images.image_id.tolist(), image_emb.numpy(),
+                             kfold_for(params, SOURCE_LANG))
     cpi = max(1, round(len(english) / max(1, len(images))))
     metrics["chance_SumR"] = chance_sumr(len(images), cpi)
     return metrics
@@ -129,7 +137,7 @@ def evaluate_run(params: Params, run_dir, *, write: bool = True) -> pd.DataFrame
                 if spec.oracle:
                     english = test[test.lang == SOURCE_LANG]
                     m = score_captions(feats.texts(english.caption.tolist()).numpy(), english,
-                                       image_ids, image_emb, params.run.kfold)
+                                       image_ids, image_emb, kfold_for(params, SOURCE_LANG))
                     rows.append(base | {"variant": "native", "lang": SOURCE_LANG,
                                         "trainable_params": 0} | m)
                     continue
@@ -142,7 +150,7 @@ def evaluate_run(params: Params, run_dir, *, write: bool = True) -> pd.DataFrame
                             continue
                         emb = embed_target(model, backbone, caps.caption.tolist(), lang, device=device,
                                            batch_size=params.run.eval_batch_size)
-                        m = score_captions(emb.r_T, caps, image_ids, image_emb, params.run.kfold)
+                        m = score_captions(emb.r_T, caps, image_ids, image_emb, kfold_for(params, lang))
                         rows.append(base | {"variant": variant, "lang": lang,
                                             "trainable_params": n_trainable} | m)
     frame = pd.DataFrame(rows)

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .config import DataConfig, Params, SOURCE_LANG
+from .config import ConfigError, DataConfig, Params, SOURCE_LANG
 from .train import (TrainingError, canonical_stage, frozen_features, make_target_data,
                     resolve_device, train_target_stage, train_vlp_stage, training_rows)
 
@@ -72,6 +72,20 @@ def test_table(params: Params) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------- backbones
 
+def check_image_size(params: Params, backbone) -> None:
+    """hf: images are read at data.image_size (web.image_size for the zero-shot corpus) and
+    then resized to the CLIP's input size; reading them smaller would blur every image."""
+    if params.model.backbone != "hf":
+        return
+    sections = ["data"] + (["web"] if "zeroshot" in params.run.settings else [])
+    for section in sections:
+        size = getattr(params, section).image_size
+        if size < backbone.image_size:
+            raise ConfigError(f"{section}.image_size is {size} but the CLIP at model.clip_path takes "
+                              f"{backbone.image_size} x {backbone.image_size} images; set "
+                              f"{section}.image_size: {backbone.image_size}")
+
+
 _BACKBONES: dict[tuple[str, str], object] = {}
 
 
@@ -94,6 +108,7 @@ def get_backbone(params: Params, run_dir: str | Path, setting: str):
     key = (str(run_dir), str(where))
     if key not in _BACKBONES:
         backbone = load_backbone(where) if where is not None else load_hf_backbone(params.model)
+        check_image_size(params, backbone)
         backbone.freeze()
         _BACKBONES[key] = backbone.to(resolve_device(params.run.device)).eval()
     return _BACKBONES[key]
@@ -148,6 +163,7 @@ def source_vlp(params: Params, run_dir: str | Path, resume: bool = True) -> VLPR
         out = paths.backbone("finetune_hf")
         backbone = load_backbone(out) if (out / "config.json").exists() and resume \
             else load_hf_backbone(params.model)
+        check_image_size(params, backbone)
         do_train = (params.vlp.steps > 0 or params.vlp.epochs > 0) and not (out / "config.json").exists()
         train = train[train.corpus == down.corpus.iloc[0]] if "corpus" in train else train
     losses_frame = pd.DataFrame()
@@ -158,7 +174,7 @@ def source_vlp(params: Params, run_dir: str | Path, resume: bool = True) -> VLPR
         images = load_images(first_path.loc[image_ids].tolist(), params.data.image_size)
         result = train_vlp_stage(backbone=backbone, images=images, captions=train.caption.tolist(),
                                  image_rows=image_rows, cfg=params.vlp, seed=params.run.seeds[0],
-                                 device=device, out_dir=paths.artifacts / "vlp_training", resume=resume)
+                                 device_name=params.run.device, out_dir=paths.artifacts / "vlp_training", resume=resume)
         backbone.save(out)
         losses_frame, samples_per_s = result.losses, result.samples_per_s
         paths.losses.mkdir(parents=True, exist_ok=True)

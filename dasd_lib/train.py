@@ -16,7 +16,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -51,6 +51,15 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise TrainingError("run.device is 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
     return torch.device(name)
+
+
+def make_accelerator(device_name: str = "auto"):
+    """An `accelerate` Accelerator: one process here; under `accelerate launch` it wraps the
+    model in DDP (per-language adapters leave parameters unused in a step, hence
+    find_unused_parameters) and gives each process its device."""
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+    cpu = resolve_device(device_name).type == "cpu" if device_name != "auto" else not torch.cuda.is_available()
+    return Accelerator(cpu=cpu, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
 
 
 def autocast_dtype(cfg: StageConfig, device: torch.device) -> torch.dtype | None:
@@ -143,8 +152,11 @@ def frozen_features(backbone, table: pd.DataFrame, *, image_size: int, cache_dir
         except CheckpointError as err:
             log.warning("frozen features: cache %s unusable (%s); recomputing", path, err)
     backbone.to(device).eval()
-    pixels = load_images(images.image_path.tolist(), image_size)
-    image_emb = encode_images(backbone, pixels, device)
+    # in chunks: real corpora (CC300K: 300K images x 224 x 224 x 3 bytes = 45 GB) never fit at once
+    paths_all, chunk = images.image_path.tolist(), 4096
+    image_emb = torch.cat([encode_images(backbone, load_images(paths_all[i:i + chunk], image_size), device)
+                           for i in range(0, len(paths_all), chunk)]) if paths_all \
+        else torch.zeros(0, backbone.embed_dim)
     text_emb = encode_source_texts(backbone, texts, device)
     if use_cache and path is not None:
         save_state(path, {"image_emb": image_emb, "text_emb": text_emb},
@@ -207,6 +219,7 @@ class TrainTask:
     batch_size: int
     extra_optimizers: dict[str, torch.optim.Optimizer] = field(default_factory=dict)
     params_to_clip: list[torch.nn.Parameter] = field(default_factory=list)
+    accelerator: Any = None                            # accelerate.Accelerator, or None
 
 
 def _trainable_state(module: torch.nn.Module, prefix: str) -> dict[str, torch.Tensor]:
@@ -260,6 +273,8 @@ def run_loop(task: TrainTask, cfg: StageConfig, *, stage: str, steps: int, out_d
     from the newest good checkpoint, stop on a non-finite loss naming the step and term."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    acc = task.accelerator
+    is_main = acc is None or acc.is_main_process
     scheduler = get_cosine_schedule_with_warmup(task.optimizer, int(cfg.warmup_frac * steps), max(steps, 1))
     start = 0
     if resume and (ckpt := latest_checkpoint(out_dir)) is not None:
@@ -288,24 +303,31 @@ def run_loop(task: TrainTask, cfg: StageConfig, *, stage: str, steps: int, out_d
                     f"Last good checkpoint: {last or 'none (no checkpoint written yet)'}. "
                     f"Lower {stage}.lr or check the data.")
         task.optimizer.zero_grad(set_to_none=True)
-        terms["total"].backward()
+        if acc is not None:
+            acc.backward(terms["total"])
+        else:
+            terms["total"].backward()
         if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(task.params_to_clip, cfg.grad_clip)
+            clip = acc.clip_grad_norm_ if acc is not None else torch.nn.utils.clip_grad_norm_
+            clip(task.params_to_clip, cfg.grad_clip)
         task.optimizer.step()
         scheduler.step()
         rows.append({"step": step, "lr": scheduler.get_last_lr()[0],
                      **{k: float(v.detach()) for k, v in terms.items()}})
-        if every and (step + 1) % every == 0 and step + 1 < steps:
+        if every and (step + 1) % every == 0 and step + 1 < steps and is_main:
             _save_training_state(out_dir / f"step-{step + 1:07d}", task, scheduler, step + 1, stage)
             pd.DataFrame(rows).to_csv(loss_path, index=False)
             for old in sorted(out_dir.glob("step-*"))[:-2]:  # keep the two newest
                 _rmtree(old)
     seconds = time.perf_counter() - t0
-    _save_training_state(out_dir / f"step-{steps:07d}", task, scheduler, steps, stage)
-    for old in sorted(out_dir.glob("step-*"))[:-1]:
-        _rmtree(old)
     frame = pd.DataFrame(rows)
-    frame.to_csv(loss_path, index=False)
+    if is_main:
+        _save_training_state(out_dir / f"step-{steps:07d}", task, scheduler, steps, stage)
+        for old in sorted(out_dir.glob("step-*"))[:-1]:
+            _rmtree(old)
+        frame.to_csv(loss_path, index=False)
+    if acc is not None:
+        acc.wait_for_everyone()
     done = max(steps - start, 0)
     return StageResult(stage=stage, out_dir=out_dir, steps=steps, losses=frame, seconds=seconds,
                        samples_per_s=done * task.batch_size / seconds if seconds > 0 else 0.0,
@@ -372,7 +394,7 @@ def _stage_lr(cfg: StageConfig, method: str) -> float:
 
 
 def target_step_fn(*, model, disc, disc_opt, spec, stage: str, cfg: StageConfig, data: TargetData,
-                   seed: int, device, dtype) -> Callable[[int], dict[str, torch.Tensor]]:
+                   seed: int, device, dtype, accelerator=None) -> Callable[[int], dict[str, torch.Tensor]]:
     """One CLA or CMA step of method.md for `model` (any method); returns named loss terms.
     Terms starting with 'd_' are logged only (the discriminator's own loss and accuracy)."""
     langs = sorted(data.lang_rows)
@@ -383,7 +405,8 @@ def target_step_fn(*, model, disc, disc_opt, spec, stage: str, cfg: StageConfig,
     def step_fn(step: int) -> dict[str, torch.Tensor]:
         lang = langs[step % len(langs)]  # one language per batch: its adapters are used
         pool = data.lang_rows[lang]
-        gen = step_generator(seed, stage, step)
+        rank = accelerator.process_index if accelerator is not None else 0
+        gen = step_generator(seed + 1000 * rank, stage, step)  # each process its own batch
         rows = pool[torch.randperm(len(pool), generator=gen)[:cfg.batch_size]]
         ids, mask = data.batch(rows, device)
         r_S = data.r_S[rows].to(device)
@@ -409,6 +432,9 @@ def target_step_fn(*, model, disc, disc_opt, spec, stage: str, cfg: StageConfig,
             d_loss = losses.discriminator_loss(disc, f_sa.detach(), ref.detach(), perm)
             disc_opt.zero_grad(set_to_none=True)
             d_loss.backward()
+            if accelerator is not None and accelerator.num_processes > 1:
+                for p in disc.parameters():  # D is not DDP-wrapped: average its gradients
+                    p.grad = accelerator.reduce(p.grad, reduction="mean")
             disc_opt.step()
             terms["adv"] = lambda_adv * losses.adversarial_loss(disc, f_sa, ref, perm)
             terms["d_loss"] = d_loss.detach()
@@ -429,7 +455,8 @@ def train_target_stage(*, params: Params, stage: str, method: str, seed: int, ba
     stage = canonical_stage(stage)
     cfg: StageConfig = getattr(params, stage)
     spec = METHODS[method]
-    device = resolve_device(params.run.device)
+    accelerator = make_accelerator(params.run.device)
+    device = accelerator.device
     dtype = autocast_dtype(cfg, device)
     langs = sorted(data.lang_rows)
     torch.manual_seed(seed)
@@ -444,17 +471,22 @@ def train_target_stage(*, params: Params, stage: str, method: str, seed: int, ba
         disc_opt = torch.optim.Adam(disc.parameters(), lr=cfg.disc_lr)
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     opt = make_optimizer(trainable, cfg, lr=_stage_lr(cfg, method))
+    wrapped, opt = accelerator.prepare(model, opt)
+    if cfg.compile:
+        wrapped = torch.compile(wrapped)
     modules = {"model": model} | ({"disc": disc} if disc is not None else {})
     task = TrainTask(modules=modules, optimizer=opt, batch_size=cfg.batch_size,
-                     step_fn=target_step_fn(model=model, disc=disc, disc_opt=disc_opt, spec=spec,
+                     step_fn=target_step_fn(model=wrapped, disc=disc, disc_opt=disc_opt, spec=spec,
                                             stage=stage, cfg=cfg, data=data, seed=seed,
-                                            device=device, dtype=dtype),
+                                            device=device, dtype=dtype, accelerator=accelerator),
                      extra_optimizers={"disc": disc_opt} if disc_opt is not None else {},
-                     params_to_clip=[p for _, p in trainable])
+                     params_to_clip=[p for _, p in trainable], accelerator=accelerator)
     steps = stage_steps(cfg, len(data.lengths))
     result = run_loop(task, cfg, stage=stage, steps=steps, out_dir=out_dir, resume=resume,
                       desc=f"{stage} {method} s{seed}")
-    save_pretrained(model, out_dir / "model")
+    if accelerator.is_main_process:
+        save_pretrained(model, out_dir / "model")
+    accelerator.wait_for_everyone()
     result.extra["trainable_params"] = sum(p.numel() for _, p in trainable)
     return result
 
@@ -468,22 +500,27 @@ def stage_steps(cfg: StageConfig, n_samples: int) -> int:
 # ----------------------------------------------------------------------------- VLP stage
 
 def train_vlp_stage(*, backbone, images: np.ndarray, captions: list[str], image_rows: np.ndarray,
-                    cfg: StageConfig, seed: int, device, out_dir: Path, resume: bool = True) -> StageResult:
+                    cfg: StageConfig, seed: int, device_name: str, out_dir: Path,
+                    resume: bool = True) -> StageResult:
     """Contrastive training of the VLP itself on English (image, caption) pairs: the tiny
     VLP's pretraining, or the English fine-tune of an HF CLIP. Every VLP weight trains.
     image_rows[j] is the index in `images` of caption j's image."""
     ids_all, mask_all = backbone.tokenize_source(captions)
     lengths = mask_all.sum(1)
+    accelerator = make_accelerator(device_name)
+    device = accelerator.device
     dtype = autocast_dtype(cfg, device)
     backbone.to(device)
     for p in backbone.vlp_parameters():
         p.requires_grad_(True)
     named = [(n, p) for n, p in backbone.named_parameters() if p.requires_grad]
     opt = make_optimizer(named, cfg)
-    ctx = backbone.context_length
+    wrapped, opt = accelerator.prepare(backbone, opt)
+    if cfg.compile:
+        wrapped = torch.compile(wrapped)
 
     def step_fn(step: int) -> dict[str, torch.Tensor]:
-        gen = step_generator(seed, "vlp", step)
+        gen = step_generator(seed + 1000 * accelerator.process_index, "vlp", step)
         # one caption per image in a batch, so InfoNCE has no false negatives from duplicates
         order = torch.randperm(len(captions), generator=gen)
         _, first = np.unique(image_rows[order.numpy()], return_index=True)
@@ -493,19 +530,16 @@ def train_vlp_stage(*, backbone, images: np.ndarray, captions: list[str], image_
         mask = mask_all[rows, :width].to(device)
         pixels = backbone.preprocess_images(images[image_rows[rows.numpy()]]).to(device)
         offset = 0
-        if getattr(backbone, "train_all_positions", False) and ctx > width:
-            offset = int(torch.randint(ctx - width + 1, (1,), generator=gen))
+        if backbone.train_all_positions:  # random offsets so every position gets trained
+            offset = backbone.sample_position_offset(mask.cpu(), generator=gen).to(device)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            img = backbone.encode_image(pixels)
-            txt = backbone.encode_source_text(ids, mask, position_offset=offset) if offset \
-                else backbone.encode_source_text(ids, mask)
-        scale = backbone.logit_scale.exp().clamp(max=100.0) if backbone.logit_scale is not None \
-            else torch.tensor(cfg.logit_scale)
-        loss = losses.info_nce(img.float(), txt.float(), scale=scale)
-        return {"infonce": loss, "total": loss}
+            out = wrapped(pixels, ids, mask, position_offset=offset)
+        loss = losses.info_nce(out.image_embeds.float(), out.text_embeds.float(), scale=out.logit_scale)
+        return {"infonce": loss, "total": loss, "d_logit_scale": out.logit_scale.detach()}
 
     task = TrainTask(modules={"backbone": backbone}, optimizer=opt, step_fn=step_fn,
-                     batch_size=cfg.batch_size, params_to_clip=[p for _, p in named])
+                     batch_size=cfg.batch_size, params_to_clip=[p for _, p in named],
+                     accelerator=accelerator)
     steps = stage_steps(cfg, len(np.unique(image_rows)))
     result = run_loop(task, cfg, stage="vlp", steps=steps, out_dir=out_dir, resume=resume, desc="vlp")
     backbone.freeze()

@@ -237,10 +237,13 @@ def load_release(path_json: str | Path, english_json: str | Path = "", *,
 
     path_json: {split: {"anno_file": [...], "feature": [...], "name_file": [...],
     "langs": [...], optional "variants": [...]}}; relative paths are relative to the
-    path JSON's folder. english_json (optional): image file name -> English captions;
-    it gives English rows for splits whose langs lack "en", and the source caption of
-    translated rows (same index). Variant defaults: train target captions "mt",
-    everything else "native". `langs` keeps only those target languages (English stays).
+    path JSON's folder. A name_file entry may also be a list of .npy files (the authors'
+    MSCOCO 1K test folds): their names are read in order, fold after fold.
+    english_json (optional): image file name -> English captions; it gives English rows
+    for splits whose langs lack "en", and the source caption of translated rows (same
+    index). Without it, translated rows take their source caption from the split's own
+    "en" entries (same index). Variant defaults: train target captions "mt", everything
+    else "native". `langs` keeps only those target languages (English stays).
     """
     path_json = Path(path_json)
     skips = _Skips(path_json, on_missing)
@@ -280,16 +283,34 @@ def load_release(path_json: str | Path, english_json: str | Path = "", *,
         bad = sorted(set(variants) - set(VARIANTS))
         if bad:
             raise DataError(f"{where}: unknown variant(s) {bad}; valid: {', '.join(VARIANTS)}")
+        for k, item in enumerate(lists["name_file"]):
+            if not (isinstance(item, str) or (isinstance(item, list) and item
+                                              and all(isinstance(f, str) for f in item))):
+                raise DataError(f"{where}: name_file[{k}] must be a .npy path or a list of them "
+                                f"(folds), got {item!r}")
+        source_en = english
+        if not english:  # the split's own English entries give translated rows their source
+            source_en = {}
+            for anno_f, lang in zip(lists["anno_file"], lists["langs"]):
+                if lang == "en":
+                    en_path = _resolve(anno_f, base)
+                    if en_path not in anno_cache:
+                        anno_cache[en_path] = _load_anno(en_path)
+                    for name, caps in anno_cache[en_path].items():
+                        source_en.setdefault(name, caps)
         split_names: list[str] = []
         for anno_f, feat, name_f, lang, variant in zip(lists["anno_file"], lists["feature"],
                                                        lists["name_file"], lists["langs"], variants):
             if langs is not None and lang != "en" and lang not in langs:
                 continue
-            anno_path, name_path = _resolve(anno_f, base), _resolve(name_f, base)
+            anno_path = _resolve(anno_f, base)
+            name_paths = [_resolve(f, base) for f in (name_f if isinstance(name_f, list) else [name_f])]
+            name_path = name_paths[0] if len(name_paths) == 1 else \
+                f"{name_paths[0]} (+{len(name_paths) - 1} more fold files)"
             if anno_path not in anno_cache:
                 anno_cache[anno_path] = _load_anno(anno_path)
             anno = anno_cache[anno_path]
-            names = _load_names(name_path)
+            names = [n for path in name_paths for n in _load_names(path)]
             split_names += names
             image_dir = _resolve(feat, base).resolve()
             no_caps = [n for n in names if n not in anno]
@@ -301,7 +322,7 @@ def load_release(path_json: str | Path, english_json: str | Path = "", *,
                 if name not in anno:
                     continue
                 image_id = _stem(name)
-                en_caps = english.get(name, [])
+                en_caps = source_en.get(name, [])
                 for j, cap in enumerate(anno[name]):
                     if not cap.strip():
                         skips("empty caption(s)", f"{anno_path}: empty caption #{j} for {name!r}")
@@ -388,7 +409,9 @@ def write_release_layout(table: pd.DataFrame, out_dir: str | Path, *, copy_image
 # ============================================================================ images
 def load_images(paths: Sequence[str | Path], size: int, *, on_missing: str = "error",
                 return_kept: bool = False):
-    """Read images as uint8 RGB (N, size, size, 3), resizing where needed.
+    """Read images as uint8 RGB (N, size, size, 3), resizing where needed: the shorter
+    side to `size` (bicubic), then a centre crop, as CLIP's own preprocessing does, so
+    photos keep their aspect ratio (square images are simply resized).
 
     Missing or unreadable files raise DataError naming the file; with on_missing="skip"
     they are left out and counted in the log, and return_kept=True also returns the
@@ -405,7 +428,12 @@ def load_images(paths: Sequence[str | Path], size: int, *, on_missing: str = "er
             with Image.open(p) as im:
                 im = im.convert("RGB")
                 if im.size != (size, size):
-                    im = im.resize((size, size), Image.Resampling.BICUBIC)
+                    w, h = im.size
+                    scale = size / min(w, h)
+                    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+                    left, top = (nw - size) // 2, (nh - size) // 2
+                    im = im.resize((nw, nh), Image.Resampling.BICUBIC).crop(
+                        (left, top, left + size, top + size))
                 out[len(kept)] = np.asarray(im)
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
             skips("corrupt image(s)", f"image file {p} is corrupt or not an image ({err})")
