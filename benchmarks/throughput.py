@@ -30,12 +30,13 @@ import argparse
 import copy
 import json
 import math
+import os
 import platform
 import resource
 import statistics
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -215,9 +216,10 @@ def naive_data(backbone: HFBackbone, corpus: Corpus, cached: TargetData, device:
         context_length=ctx, pad_id=backbone.tokenizer_target.pad_token_id)
 
 
-def stage_config(batch: int, lr: float = 1e-4) -> StageConfig:
-    """method.md's optimiser (AdamW 0.9/0.98, eps 1e-6, wd 0.2, clip 1.0) and loss weights."""
-    return StageConfig(batch_size=batch, lr=lr, steps=1000, precision="auto")
+def stage_config(batch: int, lr: float = 1e-4, precision: str = "auto") -> StageConfig:
+    """method.md's optimiser (AdamW 0.9/0.98, eps 1e-6, wd 0.2, clip 1.0) and loss weights.
+    precision "auto": bf16 autocast on CUDA, fp32 on CPU (dasd_lib.train.autocast_dtype)."""
+    return StageConfig(batch_size=batch, lr=lr, steps=1000, precision=precision)
 
 
 # ----------------------------------------------------------------------------- steps
@@ -277,13 +279,18 @@ class Trainer:
 
 
 def build_trainer(backbone: HFBackbone, sizes: Sizes, stage: str, cfg: StageConfig, device: torch.device,
-                  compile_model: bool = False, seed: int = 0) -> Trainer:
-    """Model, discriminator, optimiser and schedule exactly as train_target_stage builds them."""
+                  compile_model: bool = False, fused_adamw: bool = False, seed: int = 0) -> Trainer:
+    """Model, discriminator, optimiser and schedule as train_target_stage builds them.
+    `fused_adamw` is a what-if (the same AdamW groups with fused=True), not the library's
+    optimiser; `compile_model` wraps the target model in torch.compile."""
     from transformers import get_cosine_schedule_with_warmup
     model = build_target_model(backbone, model_config(sizes), METHOD, [LANG], seed=seed).to(device)
     model.train()
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     opt = make_optimizer(trainable, cfg)
+    if fused_adamw:
+        groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in opt.param_groups]
+        opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=True)
     scheduler = get_cosine_schedule_with_warmup(opt, int(cfg.warmup_frac * cfg.steps), cfg.steps)
     disc, disc_opt = make_discriminator(model_config(sizes), backbone, cfg, device, seed + 1)
     runner = torch.compile(model, dynamic=True) if compile_model else model
@@ -320,16 +327,19 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 def compare_modes(trainer: Trainer, cached: TargetData, naive: TargetData, tol: float = 1e-4) -> dict:
     """One step's outputs (r_T, f_sr, f_sa), loss terms and gradients in both modes, on the
     same batch (step 0) from the same weights (each mode gets an identical fresh discriminator,
-    since its update is part of the step). Nothing is applied to the model."""
+    since its update is part of the step). Nothing is applied to the model. The FLOPs of
+    each mode's forward + backward are counted on the way (the optimiser adds no matmuls)."""
     base_disc = copy.deepcopy(trainer.disc.state_dict())
-    results = {}
+    results, flops = {}, {}
     for mode, data, share in (("optimised", cached, True), ("naive", naive, False)):
         trainer.disc.load_state_dict(base_disc)
         trainer.disc_opt = torch.optim.Adam(trainer.disc.parameters(), lr=trainer.cfg.disc_lr)
         fn, rec = trainer.step_fn(data, share)
         trainer.opt.zero_grad(set_to_none=True)
-        terms = fn(0)
-        terms["total"].backward()
+        with flop_counter() as counter:
+            terms = fn(0)
+            terms["total"].backward()
+        flops[mode] = int(counter.get_total_flops())
         grads = torch.cat([p.grad.reshape(-1) for p in trainer.trainable if p.grad is not None])
         results[mode] = ({k: getattr(rec.last, k).detach().float() for k in ("r_T", "f_sr", "f_sa")},
                          {k: v.detach().float() for k, v in terms.items()}, grads)
@@ -342,7 +352,7 @@ def compare_modes(trainer: Trainer, cached: TargetData, naive: TargetData, tol: 
     diffs["grad"] = _rel(g1, g2)
     worst = max(diffs, key=diffs.get)
     return {"match": all(v <= tol for v in diffs.values()), "max_rel_diff": diffs[worst], "worst": worst,
-            "diffs": diffs}
+            "diffs": diffs, "flops": flops["optimised"], "flops_naive": flops["naive"]}
 
 
 # ----------------------------------------------------------------------------- flops
@@ -361,10 +371,9 @@ def matmul_gflops(device: torch.device, n: int = 2048, repeats: int = 5) -> floa
     return 2 * n ** 3 / best / 1e9
 
 
-def count_step_flops(trainer: Trainer, fn: Callable, step: int) -> int:
-    """FLOPs of one training step (forward + backward; the optimiser adds no matmuls),
-    counted by torch.utils.flop_counter. The CPU flash-attention kernels are not in its
-    registry, so they are mapped to its own sdpa formulas."""
+def flop_counter():
+    """torch.utils.flop_counter.FlopCounterMode. The CPU flash-attention kernels are not in
+    its registry, so they are mapped to its own sdpa formulas."""
     from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
     def fwd(q, k, v, *args, out_shape=None, **kwargs):  # shapes, as the counter passes them
@@ -374,11 +383,9 @@ def count_step_flops(trainer: Trainer, fn: Callable, step: int) -> int:
         return sdpa_backward_flop_count(grad_out, q, k, v)
 
     aten = torch.ops.aten
-    extra = {aten._scaled_dot_product_flash_attention_for_cpu: fwd,
-             aten._scaled_dot_product_flash_attention_for_cpu_backward: bwd}
-    with FlopCounterMode(display=False, custom_mapping=extra) as counter:
-        trainer.train_step(fn, step)
-    return int(counter.get_total_flops())
+    return FlopCounterMode(display=False, custom_mapping={
+        aten._scaled_dot_product_flash_attention_for_cpu: fwd,
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: bwd})
 
 
 def profile_step(trainer: Trainer, fn: Callable, step: int, rows: int = 25) -> str:
@@ -424,8 +431,12 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def setup(sizes: Sizes, batch: int, device: torch.device, pool: int, seed: int = 0):
-    """Backbone, corpus, the frozen cache and both data views."""
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def setup(sizes: Sizes, device: torch.device, pool: int, seed: int = 0):
+    """Backbone, corpus, the frozen cache and the cached data of both stages."""
     t0 = time.perf_counter()
     backbone = build_backbone(sizes, seed).to(device)
     corpus = make_corpus(sizes, pool, seed)
@@ -436,53 +447,65 @@ def setup(sizes: Sizes, batch: int, device: torch.device, pool: int, seed: int =
     return backbone, corpus, cached, {"build_s": t1 - t0, "cache_build_s": t2 - t1}
 
 
+def header(args, sizes: Sizes, cfg: StageConfig, device: torch.device) -> dict:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    return {"device": device.type, "device_name": name,
+            "dtype": str(autocast_dtype(cfg, device) or torch.float32).replace("torch.", ""),
+            "batch": args.batch, "tiny": args.tiny, "compile": args.compile, "fused_adamw": args.fused_adamw,
+            "vision": "tiny" if args.tiny else f"ViT-B/{sizes.patch_size}@{sizes.image_size}",
+            "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "load_avg_1m_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
+
+
 def run(args) -> dict:
     device = torch.device(args.device)
     sizes = tiny_sizes() if args.tiny else vit_b(args.patch)
-    cfg = stage_config(args.batch)
-    if args.precision != "auto":
-        cfg = replace(cfg, precision=args.precision)
+    cfg = stage_config(args.batch, precision=args.precision)
     torch.manual_seed(0)
-    backbone, corpus, cached, timing = setup(sizes, args.batch, device, args.pool or 4 * args.batch)
-    out: dict = {"device": device.type, "dtype": str(autocast_dtype(cfg, device) or torch.float32).replace("torch.", ""),
-                 "batch": args.batch, "tiny": args.tiny, "compile": args.compile,
-                 "vision": f"ViT-B/{sizes.patch_size}@{sizes.image_size}" if not args.tiny else "tiny",
-                 "threads": torch.get_num_threads(), "torch": torch.__version__, **timing}
+    log(f"building backbone and frozen cache ({'tiny' if args.tiny else 'ViT-B'}) ...")
+    backbone, corpus, cached, timing = setup(sizes, device, args.pool or 2 * args.batch)
+    out = header(args, sizes, cfg, device) | timing
+    matmul = [matmul_gflops(device)]
     rows = []
     for stage in ("cla", "cma"):
-        trainer = build_trainer(backbone, sizes, stage, cfg, device, compile_model=args.compile)
+        trainer = build_trainer(backbone, sizes, stage, cfg, device, compile_model=args.compile,
+                                fused_adamw=args.fused_adamw)
         out.setdefault("trainable_params", sum(p.numel() for p in trainer.trainable))
         naive = naive_data(backbone, corpus, cached[stage], device)
+        log(f"{stage}: checking both modes give the same outputs ...")
         check = compare_modes(trainer, cached[stage], naive)
-        out[f"{stage}_outputs_match"] = check["match"]
-        out[f"{stage}_max_rel_diff"] = check["max_rel_diff"]
+        out[f"{stage}_outputs_match"], out[f"{stage}_max_rel_diff"] = check["match"], check["max_rel_diff"]
+        if not check["match"]:
+            log(f"{stage}: modes differ: {check['diffs']}")
         fn_opt, _ = trainer.step_fn(cached[stage], True)
         fn_naive, _ = trainer.step_fn(naive, False)
-        t_opt = time_steps(trainer, fn_opt, args.warmup, args.steps, start=1)
-        t_naive = time_steps(trainer, fn_naive, args.warmup, args.steps, start=1)
-        sec, sec_naive = statistics.median(t_opt), statistics.median(t_naive)
-        out[f"{stage}_samples_per_s"] = args.batch / sec
-        out[f"{stage}_naive_samples_per_s"] = args.batch / sec_naive
-        out[f"{stage}_speedup"] = sec_naive / sec
-        out[f"{stage}_step_s"], out[f"{stage}_naive_step_s"] = sec, sec_naive
-        flops = count_step_flops(trainer, fn_opt, 1)
-        flops_naive = count_step_flops(trainer, fn_naive, 1)
-        out[f"{stage}_step_gflop"], out[f"{stage}_naive_step_gflop"] = flops / 1e9, flops_naive / 1e9
-        out[f"{stage}_step_gflops_per_s"] = flops / sec / 1e9
+        log(f"{stage}: timing the optimised step ...")
+        sec = statistics.median(time_steps(trainer, fn_opt, args.warmup, args.steps, start=1))
+        log(f"{stage}: optimised {sec:.2f} s/step; timing the naive step ...")
+        sec_naive = statistics.median(time_steps(trainer, fn_naive, args.warmup, args.steps, start=1))
+        log(f"{stage}: naive {sec_naive:.2f} s/step")
+        flops, flops_naive = check["flops"], check["flops_naive"]
+        out |= {f"{stage}_samples_per_s": args.batch / sec, f"{stage}_naive_samples_per_s": args.batch / sec_naive,
+                f"{stage}_speedup": sec_naive / sec, f"{stage}_step_s": sec, f"{stage}_naive_step_s": sec_naive,
+                f"{stage}_step_gflop": flops / 1e9, f"{stage}_naive_step_gflop": flops_naive / 1e9,
+                f"{stage}_step_gflops_per_s": flops / sec / 1e9}
         rows.append((stage, sec, sec_naive, flops, flops_naive))
         if args.profile:
             print(f"\n--- profile: optimised {stage} step ---\n{profile_step(trainer, fn_opt, 1)}")
             print(f"\n--- profile: naive {stage} step ---\n{profile_step(trainer, fn_naive, 1)}")
         if stage == "cma":
+            log(f"evaluation: embedding {args.eval_captions} captions ...")
             out |= eval_throughput(trainer.model, backbone, sizes, args.eval_captions, device)
         del trainer, fn_opt, fn_naive, naive
+    matmul.append(matmul_gflops(device))
     out["outputs_match"] = bool(out["cla_outputs_match"] and out["cma_outputs_match"])
     out["step_gflops_per_s"] = out["cma_step_gflops_per_s"]
-    out["matmul_gflops_per_s"] = matmul_gflops(device)
+    out["matmul_gflops_per_s"] = max(matmul)  # best of a few, at the start and at the end
     out["step_flop_fraction"] = out["step_gflops_per_s"] / out["matmul_gflops_per_s"]
     out["peak_rss_mib"] = peak_rss_mib()
     if device.type == "cuda":
         out["peak_mem_gib"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
+    out["load_avg_1m_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     out["targets_met"] = {k: bool(out[k] >= v) for k, v in TARGETS.items()}
     print_table(out, rows)
     return out
@@ -513,14 +536,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--steps", type=int, default=3, help="timed steps per stage and mode (median reported)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps before timing")
-    p.add_argument("--pool", type=int, default=0, help="captions to sample batches from (0: 4 x batch)")
-    p.add_argument("--eval-captions", type=int, default=500)
+    p.add_argument("--pool", type=int, default=0, help="captions (and images) batches are drawn from (0: 2 x batch)")
+    p.add_argument("--eval-captions", type=int, default=250, help="test captions embedded (5 per image)")
     p.add_argument("--patch", type=int, default=32, help="ViT patch size (32: ViT-B/32, 16: ViT-B/16)")
     p.add_argument("--tiny", action="store_true", help="tiny sizes (for tests)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="autocast (auto: bf16 on CUDA, fp32 on CPU, as the library)")
     p.add_argument("--compile", action="store_true", help="torch.compile the target model")
+    p.add_argument("--fused-adamw", action="store_true",
+                   help="what-if: AdamW(fused=True) over make_optimizer's groups (not what the library does)")
     p.add_argument("--profile", action="store_true", help="print torch.profiler tables of one step per mode")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     return p.parse_args(argv)
@@ -532,10 +557,10 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     out = run(args)
     out["python"] = platform.python_version()
-    print(json.dumps({k: _short(v) for k, v in out.items()}))
+    print(json.dumps({k: rounded(v) for k, v in out.items()}))
 
 
-def _short(v):
+def rounded(v):
     """Floats to 4 significant digits for the JSON line."""
     return float(f"{v:.4g}") if isinstance(v, float) else v
 

@@ -160,7 +160,12 @@ def load_state(folder: str | Path, device: str | torch.device = "cpu",
                               f"is corrupt or was replaced; re-run the stage that wrote it")
     if verify_only:
         return {}, doc["meta"]
-    return load_file(str(state_path), device=str(device)), doc["meta"]
+    try:
+        return load_file(str(state_path), device=str(device)), doc["meta"]
+    except Exception as err:  # noqa: BLE001 - SafetensorError and friends, from Rust
+        # the hash matched, so this file was put there on purpose (e.g. a pickle renamed)
+        raise CheckpointError(f"{state_path}: not a readable safetensors file ({err}); "
+                              f"dasd_lib reads safetensors only, never pickles") from err
 
 
 # ----------------------------------------------------------------------------- target models

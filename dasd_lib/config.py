@@ -114,7 +114,7 @@ class StageConfig:
     logit_scale: float = 100.0      # InfoNCE: cosine x 100 (temperature 0.01)
     epochs: int = 0                 # > 0 overrides steps (English fine-tune: 5 epochs)
     checkpoint_every: int = 0       # 0: only at the end
-    log_every: int = 10
+    log_every: int = 100            # log losses every N steps (0: never)
     precision: str = "auto"         # "auto" (bf16 on CUDA, fp32 on CPU), "fp32", "bf16", "fp16"
     compile: bool = False           # torch.compile the training step
     num_workers: int = 0

@@ -98,7 +98,7 @@ def _style_family(style: str) -> str:
     return style if style.startswith("mt:") or ":" not in style else style.split(":", 1)[1]
 
 
-def plot_style_shares(table: pd.DataFrame) -> "object":
+def plot_style_shares(table: pd.DataFrame):
     """Stacked bars: share of each style per (split, variant, language). MT-style captions
     (train 'mt', test 'mt_clean') use the translator's styles, native ones their own."""
     import matplotlib.pyplot as plt
@@ -250,6 +250,7 @@ def plot_stage_losses(losses: pd.DataFrame, stage: str, terms: Sequence[str] | N
     """One panel per loss term (rows: settings), one line per method (mean over seeds,
     smoothed). Terms a method does not use are simply absent for it."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
     if losses is None or losses.empty:
         fig, ax = plt.subplots(figsize=(5, 2.5))
         _empty(ax, f"no {stage} losses in this run")
@@ -258,14 +259,21 @@ def plot_stage_losses(losses: pd.DataFrame, stage: str, terms: Sequence[str] | N
     settings = list(dict.fromkeys(losses["setting"]))
     methods = list(dict.fromkeys(losses["method"]))
     colours = dict(zip(methods, _palette(len(methods))))
-    fig, axes = plt.subplots(len(settings), len(terms), figsize=(3.3 * len(terms), 2.6 * len(settings)),
-                             squeeze=False)
+    # at most 3 panels a row, so the figure stays readable at page width; each setting
+    # starts a new row
+    ncols = min(3, len(terms))
+    per_setting = -(-len(terms) // ncols)
+    fig, axes = plt.subplots(per_setting * len(settings), ncols,
+                             figsize=(3.6 * ncols, 2.5 * per_setting * len(settings)), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")  # switched back on for panels that hold a term
     n_steps = int(losses["step"].max()) + 1
     window = max(1, n_steps // 30)
     for r, setting in enumerate(settings):
         part = losses[losses["setting"] == setting]
         for c, term in enumerate(terms):
-            ax = axes[r][c]
+            ax = axes[r * per_setting + c // ncols][c % ncols]
+            ax.axis("on")
             for method in methods:
                 m = part[part["method"] == method]
                 if m.empty or term not in m or m[term].isna().all():
@@ -276,16 +284,18 @@ def plot_stage_losses(losses: pd.DataFrame, stage: str, terms: Sequence[str] | N
             ax.set_title(f"{setting} · {term}", fontsize=9)
             ax.set_xlabel("step", fontsize=8)
             ax.tick_params(labelsize=7)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     handles = {}
     for ax in axes.flat:
         for h, lab in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(lab, h)
-    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=min(6, len(handles)),
+    fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=min(5, len(handles)),
                fontsize=8, frameon=False, bbox_to_anchor=(0.5, -0.02))
     how = f"running mean over {window} steps" if window > 1 else "per step"
     fig.suptitle(f"{stage.upper()} training losses (weighted terms, {how}, mean over seeds)",
                  fontsize=10)
-    fig.tight_layout(rect=(0, 0.06 + 0.02 * (len(handles) > 6), 1, 1))
+    rows = -(-len(handles) // 5)
+    fig.tight_layout(rect=(0, min(0.3, 0.35 * rows / fig.get_figheight()), 1, 1))
     return fig
 
 

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -254,10 +255,34 @@ def _load_training_state(path: Path, task: TrainTask, scheduler, stage: str) -> 
     return int(meta["step"])
 
 
+STEP_DIR_RE = re.compile(r"^step-(\d+)$")
+
+
+def _step_dirs(out_dir: Path) -> list[Path]:
+    """The step-<n> checkpoint folders in out_dir, oldest first (stray names are not ours)."""
+    found = [(int(m.group(1)), p) for p in Path(out_dir).iterdir() if (m := STEP_DIR_RE.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def _clear_partial_writes(out_dir: Path) -> None:
+    """Remove what a killed process left half-done: atomic_dir temp folders, folders being
+    deleted, the loss file's temp copy. All are hidden and never read as checkpoints."""
+    for p in Path(out_dir).iterdir():
+        if p.name.startswith((".step-", ".losses.csv")):
+            log.info("removing %s, left by an interrupted write", p)
+            _rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def _write_losses(rows: list[dict] | pd.DataFrame, path: Path) -> None:
+    """Atomically (temp file + rename): a kill never leaves half a loss file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    pd.DataFrame(rows).to_csv(tmp, index=False)
+    os.replace(tmp, path)
+
+
 def latest_checkpoint(out_dir: Path) -> Path | None:
     """Newest readable step checkpoint in out_dir; a corrupt newest one falls back to the one before."""
-    candidates = sorted(out_dir.glob("step-*"), key=lambda p: int(p.name.split("-")[1]), reverse=True)
-    for cand in candidates:
+    for cand in reversed(_step_dirs(out_dir)):
         try:
             load_state(cand, verify_only=True)
             return cand
@@ -275,6 +300,8 @@ def run_loop(task: TrainTask, cfg: StageConfig, *, stage: str, steps: int, out_d
     out_dir.mkdir(parents=True, exist_ok=True)
     acc = task.accelerator
     is_main = acc is None or acc.is_main_process
+    if is_main:
+        _clear_partial_writes(out_dir)
     scheduler = get_cosine_schedule_with_warmup(task.optimizer, int(cfg.warmup_frac * steps), max(steps, 1))
     start = 0
     if resume and (ckpt := latest_checkpoint(out_dir)) is not None:
@@ -307,25 +334,38 @@ def run_loop(task: TrainTask, cfg: StageConfig, *, stage: str, steps: int, out_d
             acc.backward(terms["total"])
         else:
             terms["total"].backward()
-        if cfg.grad_clip > 0:
-            clip = acc.clip_grad_norm_ if acc is not None else torch.nn.utils.clip_grad_norm_
-            clip(task.params_to_clip, cfg.grad_clip)
+        clip = acc.clip_grad_norm_ if acc is not None else torch.nn.utils.clip_grad_norm_
+        # with grad_clip 0 this only measures (max_norm inf scales by exactly 1). A non-finite
+        # gradient (fp16 overflow, sqrt at 0) must not reach the weights: the next checkpoint
+        # would hold NaNs and be taken for a good one.
+        norm = clip(task.params_to_clip, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        if norm is not None and not torch.isfinite(torch.as_tensor(norm)).all():
+            last = latest_checkpoint(out_dir)
+            raise TrainingError(
+                f"{desc or stage}: the gradient norm is {float(norm)} at step {step} although every "
+                f"loss term is finite; stopped before the update. Last good checkpoint: "
+                f"{last or 'none (no checkpoint written yet)'}. Lower {stage}.lr, use fp32 or bf16, "
+                f"or check the data.")
         task.optimizer.step()
         scheduler.step()
         rows.append({"step": step, "lr": scheduler.get_last_lr()[0],
                      **{k: float(v.detach()) for k, v in terms.items()}})
+        if cfg.log_every and (step + 1) % cfg.log_every == 0:
+            log.info("%s step %d/%d: %s", desc or stage, step + 1, steps,
+                     " ".join(f"{k}={v:.4g}" for k, v in rows[-1].items() if k not in ("step",)))
         if every and (step + 1) % every == 0 and step + 1 < steps and is_main:
+            # losses first: a checkpoint on disk always has its loss rows (resume drops extras)
+            _write_losses(rows, loss_path)
             _save_training_state(out_dir / f"step-{step + 1:07d}", task, scheduler, step + 1, stage)
-            pd.DataFrame(rows).to_csv(loss_path, index=False)
-            for old in sorted(out_dir.glob("step-*"))[:-2]:  # keep the two newest
+            for old in _step_dirs(out_dir)[:-2]:  # keep the two newest
                 _rmtree(old)
     seconds = time.perf_counter() - t0
     frame = pd.DataFrame(rows)
     if is_main:
+        _write_losses(frame, loss_path)
         _save_training_state(out_dir / f"step-{steps:07d}", task, scheduler, steps, stage)
-        for old in sorted(out_dir.glob("step-*"))[:-1]:
+        for old in _step_dirs(out_dir)[:-1]:
             _rmtree(old)
-        frame.to_csv(loss_path, index=False)
     if acc is not None:
         acc.wait_for_everyone()
     done = max(steps - start, 0)
@@ -335,8 +375,16 @@ def run_loop(task: TrainTask, cfg: StageConfig, *, stage: str, steps: int, out_d
 
 
 def _rmtree(path: Path) -> None:
+    """Rename aside, then delete: a kill mid-delete leaves a hidden folder (cleared on the
+    next run), never a half-deleted step-* folder."""
     import shutil
-    shutil.rmtree(path, ignore_errors=True)
+    import uuid
+    trash = path.with_name(f".{path.name.lstrip('.')}.del-{uuid.uuid4().hex[:8]}")
+    try:
+        os.replace(path, trash)
+    except OSError:
+        trash = path
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def step_generator(seed: int, stage: str, step: int) -> torch.Generator:
@@ -544,3 +592,43 @@ def train_vlp_stage(*, backbone, images: np.ndarray, captions: list[str], image_
     result = run_loop(task, cfg, stage="vlp", steps=steps, out_dir=out_dir, resume=resume, desc="vlp")
     backbone.freeze()
     return result
+
+
+# ----------------------------------------------------------------------------- command line
+
+def main(argv: list[str] | None = None) -> int:
+    """Train one stage of a run outside the notebooks, e.g. on several GPUs:
+
+        accelerate launch -m dasd_lib.train --params params/paper_multi30k.yaml \\
+            --run-dir reports/m30k --stage cla
+
+    The same functions as notebooks 01-03 run; each process trains on its own batches and
+    the main process writes checkpoints and loss files."""
+    import argparse
+
+    from .config import load_params, save_params
+    from . import pipeline
+
+    parser = argparse.ArgumentParser(prog="python -m dasd_lib.train", description=main.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", required=True)
+    parser.add_argument("--run-dir", required=True)
+    parser.add_argument("--stage", required=True, help="vlp, cla (nlt) or cma (le)")
+    parser.add_argument("-p", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    params = load_params(args.params, args.overrides)
+    run_dir = Path(args.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not (run_dir / "params.yaml").exists():
+        save_params(params, run_dir / "params.yaml")
+    stage = canonical_stage(args.stage)
+    if stage == "vlp":
+        pipeline.source_vlp(params, run_dir)
+    else:
+        print(pipeline.train_stage_all(params, run_dir, stage).to_string())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

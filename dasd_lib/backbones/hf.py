@@ -12,6 +12,7 @@ CLIPModel.text_projection (no bias). The causal mask passed to the layers is a b
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import torch
@@ -74,10 +75,21 @@ def read_mbert_embeddings(path: str) -> torch.Tensor:
         from safetensors import safe_open
         with safe_open(str(file), framework="pt") as f:
             return f.get_tensor(_pick_key(list(f.keys()), str(file))).float()
-    try:  # a foreign pickle: tensors only, never arbitrary objects
-        state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # not a zip checkpoint: cannot be memory-mapped
-        state = torch.load(file, map_location="cpu", weights_only=True)
+    try:
+        try:  # a foreign pickle: tensors only, never arbitrary objects
+            state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # not a zip checkpoint: cannot be memory-mapped
+            state = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()] or [""]
+        why = next((ln for ln in lines if "WeightsUnpickler" in ln), lines[0]).split(". ")[0][:200]
+        raise BackboneError(f"{file}: refused: the pickle holds objects other than tensors, and "
+                            f"dasd_lib loads .bin files only with torch.load(weights_only=True) "
+                            f"({why}); convert it to safetensors where you trust it") from err
+    except (RuntimeError, EOFError, OSError) as err:
+        raise BackboneError(f"{file}: not a readable torch checkpoint ({err})") from err
+    if not isinstance(state, dict):
+        raise BackboneError(f"{file}: expected a state dict of tensors, got {type(state).__name__}")
     emb = state[_pick_key(list(state), str(file))].float().clone()
     del state
     return emb
@@ -184,7 +196,7 @@ def _load_clip(path: str) -> nn.Module:
     from transformers import CLIPModel
     try:
         return CLIPModel.from_pretrained(path, attn_implementation="sdpa")
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, pickle.UnpicklingError) as err:  # a .bin is read weights_only
         raise BackboneError(f"model.clip_path '{path}': cannot load a CLIPModel ({err}); use a "
                             f"folder written by CLIPModel.save_pretrained or a hub id") from err
 

@@ -70,6 +70,8 @@ def _read_json(path: Path, what: str) -> Any:
                         f"column {err.colno})") from err
     except UnicodeDecodeError as err:
         raise DataError(f"{path}: not UTF-8 text ({err})") from err
+    except RecursionError:
+        raise DataError(f"{path}: malformed JSON (nested too deeply to read)") from None
 
 
 def _resolve(p: str | Path, base: Path) -> Path:
@@ -125,23 +127,28 @@ def load_manifest(path: str | Path, *, on_missing: str = "error", corpus: str | 
     if path.suffix.lower() == ".csv":
         try:
             df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
-        except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
             raise DataError(f"{path}: malformed CSV ({err})") from err
         line_of = lambda i: i + 2  # noqa: E731  (header is line 1)
     elif path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
         records = []
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise DataError(f"{path}: malformed JSON on line {n} ({err.msg}, column {err.colno})") from err
-                if not isinstance(rec, dict):
-                    raise DataError(f"{path}: line {n} is not a JSON object")
-                rec["_line"] = n
-                records.append(rec)
+        try:
+            with open(path, encoding="utf-8") as f:
+                for n, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        rec = json.loads(line)
+                    except json.JSONDecodeError as err:
+                        raise DataError(f"{path}: malformed JSON on line {n} ({err.msg}, column {err.colno})") from err
+                    except RecursionError:
+                        raise DataError(f"{path}: malformed JSON on line {n} (nested too deeply)") from None
+                    if not isinstance(rec, dict):
+                        raise DataError(f"{path}: line {n} is not a JSON object")
+                    rec["_line"] = n
+                    records.append(rec)
+        except UnicodeDecodeError as err:
+            raise DataError(f"{path}: not UTF-8 text ({err})") from err
         df = pd.DataFrame.from_records(records) if records else pd.DataFrame(columns=[*_REQUIRED, "_line"])
         line_of = None
     else:
@@ -155,7 +162,8 @@ def load_manifest(path: str | Path, *, on_missing: str = "error", corpus: str | 
     for col in COLUMNS:
         if col not in df.columns:
             df[col] = ""
-    df = df.fillna("").astype({c: str for c in COLUMNS})
+    # object first: fillna("") on a float column (numbers in JSON) is deprecated in pandas
+    df = df.astype(object).fillna("").astype({c: str for c in COLUMNS})
     bad_lang = ~df["lang"].isin(LANGS)
     if bad_lang.any():
         i = bad_lang.idxmax()
@@ -280,7 +288,7 @@ def load_release(path_json: str | Path, english_json: str | Path = "", *,
         _check_langs(lists["langs"], where)
         variants = lists.get("variants") or [
             "mt" if (split == "train" and lang != "en") else "native" for lang in lists["langs"]]
-        bad = sorted(set(variants) - set(VARIANTS))
+        bad = sorted({str(v) for v in variants} - set(VARIANTS))
         if bad:
             raise DataError(f"{where}: unknown variant(s) {bad}; valid: {', '.join(VARIANTS)}")
         for k, item in enumerate(lists["name_file"]):
@@ -407,6 +415,15 @@ def write_release_layout(table: pd.DataFrame, out_dir: str | Path, *, copy_image
 
 
 # ============================================================================ images
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """8-bit RGB. 16-bit greyscale (I;16*) is scaled to 8 bits first: Pillow's convert
+    clips it at 255, which turns all but the darkest pixels white."""
+    if im.mode.startswith("I;16"):
+        a = np.asarray(im).astype(np.float32)   # (H, W) 0..65535
+        im = Image.fromarray(np.clip(np.round(a / 257.0), 0, 255).astype(np.uint8))  # L
+    return im.convert("RGB")
+
+
 def load_images(paths: Sequence[str | Path], size: int, *, on_missing: str = "error",
                 return_kept: bool = False):
     """Read images as uint8 RGB (N, size, size, 3), resizing where needed: the shorter
@@ -426,7 +443,7 @@ def load_images(paths: Sequence[str | Path], size: int, *, on_missing: str = "er
             continue
         try:
             with Image.open(p) as im:
-                im = im.convert("RGB")
+                im = _to_rgb(im)
                 if im.size != (size, size):
                     w, h = im.size
                     scale = size / min(w, h)
@@ -435,6 +452,9 @@ def load_images(paths: Sequence[str | Path], size: int, *, on_missing: str = "er
                     im = im.resize((nw, nh), Image.Resampling.BICUBIC).crop(
                         (left, top, left + size, top + size))
                 out[len(kept)] = np.asarray(im)
+        except Image.DecompressionBombError as err:  # not an OSError: Pillow's size guard
+            skips("oversized image(s)", f"image file {p} is too large to decode safely ({err})")
+            continue
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
             skips("corrupt image(s)", f"image file {p} is corrupt or not an image ({err})")
             continue

@@ -1,0 +1,99 @@
+"""Every notebook, run in order through the runner (dasd-run's run_notebooks) with
+params/smoke.yaml, data and reports in a temporary folder; then the run folder is checked:
+report, results table, probes, figures. One run per module (about a minute or two)."""
+from __future__ import annotations
+
+import json
+
+import nbformat
+import pandas as pd
+import pytest
+
+from conftest import ROOT, SMOKE, smoke_params
+from dasd_lib.run import find_notebooks, run_notebooks
+
+RESULT_COLUMNS = ["setting", "method", "lang", "seed", "i2t_R1", "i2t_R5", "i2t_R10", "t2i_R1",
+                  "t2i_R5", "t2i_R10", "SumR", "AR", "trainable_params"]
+PROBE_COLUMNS = ["method", "feature", "target", "accuracy", "chance"]
+
+
+@pytest.fixture(scope="module")
+def smoke_run_dir(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("notebooks")
+    overrides = [f"data.root={tmp / 'dataset'}", f"web.root={tmp / 'dataset'}",
+                 f"run.reports_dir={tmp / 'reports'}", "run.device=cpu"]
+    mp = pytest.MonkeyPatch()
+    # one BLAS/OpenMP thread in the kernels: the smoke models are tiny, and on a shared
+    # 2-core machine spinning thread pools made this run ten times slower
+    mp.setenv("OMP_NUM_THREADS", "1")
+    mp.setenv("MKL_NUM_THREADS", "1")
+    mp.setenv("OPENBLAS_NUM_THREADS", "1")
+    try:
+        run_dir = run_notebooks(SMOKE, run_id="smoke", overrides=overrides,
+                                notebooks_dir=ROOT / "notebooks", command=["pytest", "smoke"])
+    finally:
+        mp.undo()
+    return run_dir, smoke_params(tmp)
+
+
+def test_every_notebook_ran(smoke_run_dir):
+    run_dir, _ = smoke_run_dir
+    sources = [p.name for p in find_notebooks(ROOT / "notebooks")]
+    assert [p[:2] for p in sources] == ["00", "01", "02", "03", "04", "05", "06"]
+    timings = json.loads((run_dir / "timings.json").read_text())
+    assert timings["status"] == "completed"
+    assert {k: v["status"] for k, v in timings["notebooks"].items()} == {s: "ok" for s in sources}
+    for name in sources:  # executed copies, with outputs and no error output
+        nb = nbformat.read(run_dir / "notebooks" / name, as_version=4)
+        outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+        assert outputs, f"{name} produced no output"
+        assert not [o for o in outputs if o.get("output_type") == "error"], name
+
+
+def test_report_holds_results_and_probes(smoke_run_dir):
+    run_dir, params = smoke_run_dir
+    html = (run_dir / "report.html").read_text(encoding="utf-8")
+    assert "SumR" in html
+    for method in params.run.methods["finetune"]:
+        assert method in html
+    assert "Disentanglement probes" in html and "style from f_sa" in html
+    assert "<td>" in html and "data:image/png;base64" in html  # tables and embedded figures
+    assert "In&nbsp;[" not in html and "prepare_run" not in html  # no code cells
+    assert (run_dir / "results.md").read_text(encoding="utf-8").count("| dasd |") >= 1
+
+
+def test_results_csv_has_every_method(smoke_run_dir):
+    run_dir, params = smoke_run_dir
+    results = pd.read_csv(run_dir / "results.csv")
+    assert set(RESULT_COLUMNS) <= set(results.columns)
+    for setting, methods in params.run.methods.items():
+        if setting not in params.run.settings:
+            continue
+        have = set(results.loc[results.setting == setting, "method"])
+        assert set(methods) <= have, f"{setting}: missing {set(methods) - have}"
+    targets = results[results.lang != "en"]
+    assert set(targets.lang) == set(params.data.langs)
+    assert set(targets.variant) == set(params.run.eval_variants)
+    assert results.SumR.between(0, 600).all()
+
+
+def test_probes_csv(smoke_run_dir):
+    run_dir, params = smoke_run_dir
+    probes = pd.read_csv(run_dir / "probes.csv")
+    assert list(probes.columns[:3]) == PROBE_COLUMNS[:3] and set(PROBE_COLUMNS) <= set(probes.columns)
+    assert set(probes.method) == set(params.explore.probe_methods)
+    assert {"f_sr", "f_sa", "r_T"} <= set(probes.feature)
+    assert set(params.explore.probe_content) | set(params.explore.probe_style) == set(probes.target)
+    assert probes.accuracy.between(0, 1).all() and probes.chance.between(0, 1).all()
+
+
+def test_figures_were_saved(smoke_run_dir):
+    run_dir, params = smoke_run_dir
+    names = {p.stem for p in (run_dir / "figures").glob("*.png")}
+    expected = {"00_sample_images", "00_style_shares", "00_token_coverage", "01_vlp_loss",
+                "02_cla_losses", "02_cla_discriminator", "03_cma_losses", "04_sumr_by_method",
+                "04_sumr_by_language", "05_probes", "05_wz_variation", "05_wz_examples",
+                "05_search_example", *(f"05_umap_{m}" for m in params.explore.umap_methods)}
+    assert expected <= names, f"missing figures: {sorted(expected - names)}"
+    for path in (run_dir / "figures").glob("*.png"):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 2000
