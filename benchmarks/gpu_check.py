@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import statistics
 import sys
 from pathlib import Path
 
@@ -69,7 +68,7 @@ def run(args) -> dict:
                                    fused_adamw=args.fused_adamw)
         fn, _ = trainer.step_fn(cached[stage], True)
         tp.log(f"{stage}: {warmup} warm-up + {args.steps} timed steps ...")
-        sec = statistics.median(tp.time_steps(trainer, fn, warmup, args.steps))
+        sec = tp.time_steps(trainer, fn, warmup, args.steps).seconds
         out[f"{stage}_samples_per_s"] = args.batch / sec
         out[f"{stage}_step_s"] = sec
         out.setdefault("trainable_params", sum(p.numel() for p in trainer.trainable))

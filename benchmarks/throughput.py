@@ -264,18 +264,37 @@ class Trainer:
         return fn, rec
 
     def train_step(self, fn: Callable, step: int) -> dict[str, float]:
-        """The body of dasd_lib.train.run_loop for one step, without its CSV / checkpoint I/O."""
-        terms = fn(step)
+        """The body of dasd_lib.train.run_loop for one step, without its CSV / checkpoint I/O.
+        Returns seconds per phase (CPU only: on CUDA that would need syncs the loop has not)."""
+        clock = PhaseClock(self.device.type != "cuda")
+        terms = fn(step)  # batch, frozen references, forward, losses, discriminator update
         for name, value in terms.items():
             if not torch.isfinite(value.detach()).all():
                 raise RuntimeError(f"benchmark: loss term {name} is not finite at step {step}")
+        clock("forward")
         self.opt.zero_grad(set_to_none=True)
         terms["total"].backward()
+        clock("backward")
         if self.cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.grad_clip)
+        clock("clip")
         self.opt.step()
         self.scheduler.step()
-        return {k: float(v.detach()) for k, v in terms.items()}  # run_loop logs every term (a sync)
+        clock("optimizer")
+        _ = {k: float(v.detach()) for k, v in terms.items()}  # run_loop logs every term (a sync)
+        return clock.phases
+
+
+class PhaseClock:
+    """clock(name) records the seconds since the previous call under `name`."""
+
+    def __init__(self, enabled: bool):
+        self.enabled, self.phases, self.t = enabled, {}, time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        if self.enabled:
+            now = time.perf_counter()
+            self.phases[name], self.t = now - self.t, now
 
 
 def build_trainer(backbone: HFBackbone, sizes: Sizes, stage: str, cfg: StageConfig, device: torch.device,
@@ -303,17 +322,27 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_steps(trainer: Trainer, fn: Callable, warmup: int, steps: int, start: int = 0) -> list[float]:
-    """Seconds per step of `steps` timed steps after `warmup` untimed ones."""
-    times = []
+@dataclass
+class Timing:
+    seconds: float               # median seconds per step
+    phases: dict[str, float]     # median seconds per phase (CPU)
+    all_seconds: list[float]
+
+
+def time_steps(trainer: Trainer, fn: Callable, warmup: int, steps: int, start: int = 0) -> Timing:
+    """`steps` timed steps after `warmup` untimed ones."""
+    times, phases = [], []
     for i in range(warmup + steps):
         sync(trainer.device)
         t0 = time.perf_counter()
-        trainer.train_step(fn, start + i)
+        ph = trainer.train_step(fn, start + i)
         sync(trainer.device)
         if i >= warmup:
             times.append(time.perf_counter() - t0)
-    return times
+            phases.append(ph)
+    names = phases[0] if phases else {}
+    return Timing(seconds=statistics.median(times), all_seconds=times,
+                  phases={k: statistics.median(p[k] for p in phases) for k in names})
 
 
 # ----------------------------------------------------------------------------- checks
@@ -465,7 +494,8 @@ def run(args) -> dict:
     log(f"building backbone and frozen cache ({'tiny' if args.tiny else 'ViT-B'}) ...")
     backbone, corpus, cached, timing = setup(sizes, device, args.pool or 2 * args.batch)
     out = header(args, sizes, cfg, device) | timing
-    matmul = [matmul_gflops(device)]
+    n_mm = 512 if args.tiny else 2048
+    matmul = [matmul_gflops(device, n_mm)]
     rows = []
     for stage in ("cla", "cma"):
         trainer = build_trainer(backbone, sizes, stage, cfg, device, compile_model=args.compile,
@@ -480,16 +510,19 @@ def run(args) -> dict:
         fn_opt, _ = trainer.step_fn(cached[stage], True)
         fn_naive, _ = trainer.step_fn(naive, False)
         log(f"{stage}: timing the optimised step ...")
-        sec = statistics.median(time_steps(trainer, fn_opt, args.warmup, args.steps, start=1))
-        log(f"{stage}: optimised {sec:.2f} s/step; timing the naive step ...")
-        sec_naive = statistics.median(time_steps(trainer, fn_naive, args.warmup, args.steps, start=1))
-        log(f"{stage}: naive {sec_naive:.2f} s/step")
+        t_opt = time_steps(trainer, fn_opt, args.warmup, args.steps, start=1)
+        log(f"{stage}: optimised {t_opt.all_seconds} s/step; timing the naive step ...")
+        t_naive = time_steps(trainer, fn_naive, args.warmup, args.steps, start=1)
+        log(f"{stage}: naive {t_naive.all_seconds} s/step")
+        sec, sec_naive = t_opt.seconds, t_naive.seconds
+        out[f"{stage}_phases_s"] = {k: rounded(v) for k, v in t_opt.phases.items()}
+        out[f"{stage}_naive_phases_s"] = {k: rounded(v) for k, v in t_naive.phases.items()}
         flops, flops_naive = check["flops"], check["flops_naive"]
         out |= {f"{stage}_samples_per_s": args.batch / sec, f"{stage}_naive_samples_per_s": args.batch / sec_naive,
                 f"{stage}_speedup": sec_naive / sec, f"{stage}_step_s": sec, f"{stage}_naive_step_s": sec_naive,
                 f"{stage}_step_gflop": flops / 1e9, f"{stage}_naive_step_gflop": flops_naive / 1e9,
                 f"{stage}_step_gflops_per_s": flops / sec / 1e9}
-        rows.append((stage, sec, sec_naive, flops, flops_naive))
+        rows.append((stage, sec, sec_naive, flops, flops_naive, t_opt.phases, t_naive.phases))
         if args.profile:
             print(f"\n--- profile: optimised {stage} step ---\n{profile_step(trainer, fn_opt, 1)}")
             print(f"\n--- profile: naive {stage} step ---\n{profile_step(trainer, fn_naive, 1)}")
@@ -497,7 +530,7 @@ def run(args) -> dict:
             log(f"evaluation: embedding {args.eval_captions} captions ...")
             out |= eval_throughput(trainer.model, backbone, sizes, args.eval_captions, device)
         del trainer, fn_opt, fn_naive, naive
-    matmul.append(matmul_gflops(device))
+    matmul.append(matmul_gflops(device, n_mm))
     out["outputs_match"] = bool(out["cla_outputs_match"] and out["cma_outputs_match"])
     out["step_gflops_per_s"] = out["cma_step_gflops_per_s"]
     out["matmul_gflops_per_s"] = max(matmul)  # best of a few, at the start and at the end
@@ -515,12 +548,17 @@ def print_table(out: dict, rows: list) -> None:
     b = out["batch"]
     print(f"\nDASD training step, {out['vision']}, batch {b}, {out['dtype']}, {out['device']} "
           f"({out['threads']} threads), torch {out['torch']}, trainable {out['trainable_params']:,}")
-    print(f"{'stage':<6}{'mode':<11}{'s/step':>9}{'samples/s':>11}{'GFLOP/step':>12}{'GFLOP/s':>9}{'speedup':>9}")
-    for stage, sec, sec_naive, flops, flops_naive in rows:
+    phase_names = ["forward", "backward", "clip", "optimizer"]
+    print(f"{'stage':<6}{'mode':<11}{'s/step':>9}{'samples/s':>11}{'GFLOP/step':>12}{'GFLOP/s':>9}{'speedup':>9}"
+          "   " + " ".join(f"{n:>9}" for n in phase_names))
+    for stage, sec, sec_naive, flops, flops_naive, ph, ph_naive in rows:
+        def phase_cols(p):
+            return "   " + " ".join(f"{p[n]:>9.3f}" if n in p else f"{'':>9}" for n in phase_names)
         print(f"{stage:<6}{'optimised':<11}{sec:>9.3f}{b / sec:>11.2f}{flops / 1e9:>12.1f}"
-              f"{flops / sec / 1e9:>9.1f}{sec_naive / sec:>8.2f}x")
+              f"{flops / sec / 1e9:>9.1f}{sec_naive / sec:>8.2f}x" + phase_cols(ph))
         print(f"{stage:<6}{'naive':<11}{sec_naive:>9.3f}{b / sec_naive:>11.2f}{flops_naive / 1e9:>12.1f}"
-              f"{flops_naive / sec_naive / 1e9:>9.1f}{'':>9}")
+              f"{flops_naive / sec_naive / 1e9:>9.1f}{'':>9}" + phase_cols(ph_naive))
+    print("(phases: seconds per step; forward = batch, frozen references, forward, losses, discriminator update)")
     print(f"outputs match (r_T, f_sr, f_sa, losses, grads): {out['outputs_match']} "
           f"(max relative diff CLA {out['cla_max_rel_diff']:.1e}, CMA {out['cma_max_rel_diff']:.1e})")
     print(f"frozen cache built once in {out['cache_build_s']:.1f} s; evaluation: {out['eval_captions']} captions "

@@ -2,11 +2,21 @@
 folder with a trained tiny VLP (built once per test session)."""
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
-import pytest
+# Smoke sizes are tiny: one thread is faster than two, and notebook kernels started by
+# the tests inherit this, so parallel test processes never oversubscribe the cores.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from dasd_lib.config import load_params
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+import pytest  # noqa: E402
+
+from dasd_lib.config import load_params  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "params" / "smoke.yaml"
