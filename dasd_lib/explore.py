@@ -21,7 +21,7 @@ import pandas as pd
 from .config import ExploreConfig, Params, SOURCE_LANG
 
 FEATURES = ("f_sr", "f_sa", "r_T")
-PROBES_COLUMNS = ["method", "feature", "target", "kind", "accuracy", "chance", "n_train", "n_test"]
+PROBES_COLUMNS = ["method", "feature", "target", "kind", "accuracy", "chance", "n_samples"]
 COLOUR_BY = ("lang", "content", "style")
 VARIANTS = ("native", "mt_clean")
 
@@ -39,9 +39,13 @@ def save_figure(fig, run_dir: str | Path, name: str, dpi: int = 120) -> Path:
 
 
 def _palette(n: int) -> list:
+    """n categorical colours: tab10, tab20, then tab20 + tab20b + tab20c (60 distinct)."""
     import matplotlib.pyplot as plt
-    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
-    return [cmap(i % cmap.N) for i in range(n)]
+    if n <= 20:
+        cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
+        return [cmap(i % cmap.N) for i in range(n)]
+    colours = [plt.get_cmap(name)(i) for name in ("tab20", "tab20b", "tab20c") for i in range(20)]
+    return [colours[i % len(colours)] for i in range(n)]
 
 
 def _empty(ax, text: str) -> None:
@@ -556,21 +560,19 @@ def umap_embed(X: np.ndarray, cfg: ExploreConfig | None = None, seed: int = 0) -
 
 
 def umap_coords(features: CaptionFeatures, method: str, cfg: ExploreConfig | None = None,
-                names: Sequence[str] = FEATURES, seed: int = 0) -> dict[str, np.ndarray]:
-    """UMAP coordinates of each of `names` the method has."""
-    return {name: umap_embed(features.get(method, name), cfg, seed)
+                names: Sequence[str] = FEATURES, seed: int = 0, lang: str | None = None
+                ) -> dict[str, np.ndarray]:
+    """UMAP coordinates of each of `names` the method has; `lang`: that language's
+    captions only (rows where features.captions.lang == lang, in order)."""
+    rows = (features.captions["lang"] == lang).to_numpy() if lang else slice(None)
+    return {name: umap_embed(features.get(method, name)[rows], cfg, seed)
             for name in names if features.has(method, name)}
 
 
 def _scatter(ax, xy: np.ndarray, labels: pd.Series, title: str, max_legend: int = 32) -> None:
     labels = labels.astype(str).to_numpy()
     order = pd.Series(labels).value_counts().index.tolist()
-    if len(order) <= 20:
-        colours = dict(zip(order, _palette(len(order))))
-    else:  # many classes (style ids): a continuous map keeps them distinct enough
-        import matplotlib.pyplot as plt
-        cmap = plt.get_cmap("nipy_spectral")
-        colours = {v: cmap(0.05 + 0.9 * i / (len(order) - 1)) for i, v in enumerate(order)}
+    colours = dict(zip(order, _palette(len(order))))
     for value in order:
         sel = labels == value
         ax.scatter(xy[sel, 0], xy[sel, 1], s=7, color=colours[value], alpha=0.8, linewidths=0,
@@ -600,7 +602,7 @@ def plot_umap_grid(coords: dict[str, np.ndarray], captions: pd.DataFrame, method
         _empty(axes[0][0], f"{method}: no features to show")
     for r, name in enumerate(names):
         for c, key in enumerate(colour_by):
-            _scatter(axes[r][c], coords[name], captions[key], f"{method} {name} · by {key}")
+            _scatter(axes[r][c], coords[name], captions[key], f"{name} · by {key}")
     fig.suptitle(f"UMAP of test-caption features ({method})" if method else "UMAP", fontsize=11)
     fig.tight_layout()
     return fig
@@ -685,10 +687,9 @@ def probe_table(params: Params, features: CaptionFeatures, run_dir: str | Path |
                     continue
                 acc, chance = probe_accuracy(X, caps[target].to_numpy(), seed,
                                              test_frac=cfg.probe_test_frac, groups=groups)
-                n_test = int(round(cfg.probe_test_frac * len(caps)))
                 rows.append({"method": method, "feature": name, "target": target,
                              "kind": "content", "accuracy": acc, "chance": chance,
-                             "n_train": len(caps) - n_test, "n_test": n_test})
+                             "n_samples": len(caps)})
             for target in cfg.probe_style:
                 if target not in caps:
                     continue
@@ -703,11 +704,9 @@ def probe_table(params: Params, features: CaptionFeatures, run_dir: str | Path |
                     accs.append(acc)
                     chances.append(chance)
                 if accs:
-                    n_test = int(round(cfg.probe_test_frac * len(caps)))
                     rows.append({"method": method, "feature": name, "target": target,
                                  "kind": "style", "accuracy": float(np.mean(accs)),
-                                 "chance": float(np.mean(chances)),
-                                 "n_train": len(caps) - n_test, "n_test": n_test})
+                                 "chance": float(np.mean(chances)), "n_samples": len(caps)})
     frame = pd.DataFrame(rows, columns=PROBES_COLUMNS)
     if run_dir is not None:
         frame.to_csv(Path(run_dir) / "probes.csv", index=False)

@@ -617,8 +617,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-p", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    params = load_params(args.params, args.overrides)
     run_dir = Path(args.run_dir)
+    # the run id is the folder's name, so `dasd-run --run-id <name> --resume` continues it
+    params = load_params(args.params, [*args.overrides, f"run.run_id={run_dir.name}"])
     run_dir.mkdir(parents=True, exist_ok=True)
     if not (run_dir / "params.yaml").exists():
         save_params(params, run_dir / "params.yaml")

@@ -22,17 +22,9 @@ def smoke_run_dir(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("notebooks")
     overrides = [f"data.root={tmp / 'dataset'}", f"web.root={tmp / 'dataset'}",
                  f"run.reports_dir={tmp / 'reports'}", "run.device=cpu"]
-    mp = pytest.MonkeyPatch()
-    # one BLAS/OpenMP thread in the kernels: the smoke models are tiny, and on a shared
-    # 2-core machine spinning thread pools made this run ten times slower
-    mp.setenv("OMP_NUM_THREADS", "1")
-    mp.setenv("MKL_NUM_THREADS", "1")
-    mp.setenv("OPENBLAS_NUM_THREADS", "1")
-    try:
-        run_dir = run_notebooks(SMOKE, run_id="smoke", overrides=overrides,
-                                notebooks_dir=ROOT / "notebooks", command=["pytest", "smoke"])
-    finally:
-        mp.undo()
+    # (conftest sets OMP_NUM_THREADS=1 before this; the kernels inherit it)
+    run_dir = run_notebooks(SMOKE, run_id="smoke", overrides=overrides,
+                            notebooks_dir=ROOT / "notebooks", command=["pytest", "smoke"])
     return run_dir, smoke_params(tmp)
 
 

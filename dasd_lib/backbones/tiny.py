@@ -48,7 +48,9 @@ class Block(nn.Module):
 
 
 class ConvImageTower(nn.Module):
-    """Strided 3x3 convolutions halving the resolution each layer; mean-pooled to d."""
+    """Strided 3x3 convolutions halving the resolution each layer, pooled to a 4 x 4 grid
+    and flattened to d: keeping the grid keeps where objects are, which captions name
+    (a global mean would discard left/right and make binding twins indistinguishable)."""
 
     def __init__(self, *, width: int, layers: int, embed_dim: int):
         super().__init__()
@@ -59,11 +61,14 @@ class ConvImageTower(nn.Module):
             stages += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1),
                        nn.GroupNorm(math.gcd(8, c_out), c_out), nn.GELU()]
         self.stages = nn.Sequential(*stages)
-        self.norm = nn.LayerNorm(chans[-1])
-        self.proj = nn.Linear(chans[-1], embed_dim, bias=False)
+        self.pool = nn.AdaptiveAvgPool2d(self.GRID)
+        self.norm = nn.LayerNorm(chans[-1] * self.GRID ** 2)
+        self.proj = nn.Linear(chans[-1] * self.GRID ** 2, embed_dim, bias=False)
+
+    GRID = 4
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        x = self.stages(pixels).mean(dim=(2, 3))  # (B, C)
+        x = self.pool(self.stages(pixels)).flatten(1)  # (B, C * 16)
         return self.proj(self.norm(x))  # (B, d)
 
 
