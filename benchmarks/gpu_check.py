@@ -35,7 +35,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="autocast (auto: bf16 on CUDA, fp32 on CPU, as the library)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the target model")
+    p.add_argument("--compile", action="store_true", help="torch.compile the target model (stage.compile)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads on --device cpu (0: torch's default)")
     p.add_argument("--fused-adamw", action="store_true",
                    help="what-if: AdamW(fused=True) over make_optimizer's groups (not what the library does)")
     return p.parse_args(argv)
@@ -52,7 +53,7 @@ def run(args) -> dict:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("gpu_check: --device cuda but no CUDA device is visible; use --tiny --device cpu")
     sizes = tp.tiny_sizes() if args.tiny else tp.vit_b(args.patch)
-    cfg = tp.stage_config(args.batch, precision=args.precision)
+    cfg = tp.stage_config(args.batch, precision=args.precision, compile=args.compile)
     torch.manual_seed(0)
     tp.log("building backbone and frozen cache ...")
     backbone, _, cached, timing = tp.setup(sizes, device, 2 * args.batch)
@@ -64,8 +65,7 @@ def run(args) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
     warmup = args.warmup + (2 if args.compile else 0)
     for stage in ("cla", "cma"):
-        trainer = tp.build_trainer(backbone, sizes, stage, cfg, device, compile_model=args.compile,
-                                   fused_adamw=args.fused_adamw)
+        trainer = tp.build_trainer(backbone, sizes, stage, cfg, device, fused_adamw=args.fused_adamw)
         fn, _ = trainer.step_fn(cached[stage], True)
         tp.log(f"{stage}: {warmup} warm-up + {args.steps} timed steps ...")
         sec = tp.time_steps(trainer, fn, warmup, args.steps).seconds
@@ -85,7 +85,10 @@ def run(args) -> dict:
 
 
 def main(argv=None) -> None:
-    out = run(parse_args(argv))
+    args = parse_args(argv)
+    if args.threads and args.device == "cpu":
+        torch.set_num_threads(args.threads)
+    out = run(args)
     print(json.dumps({k: tp.rounded(v) for k, v in out.items()}))
 
 

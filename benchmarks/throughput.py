@@ -18,7 +18,7 @@ similarity, metrics); peak RSS; the optimised CMA step's FLOP rate against a pla
 matmul. Prints a table, then one JSON line. On CPU it uses one thread unless told
 otherwise (--threads): see benchmarks/README.md for why.
 
-    python benchmarks/throughput.py                # ViT-B/32, batch 32, about 5 min on one core
+    python benchmarks/throughput.py                # ViT-B/32, batch 32, about 4 min on one core
     python benchmarks/throughput.py --tiny         # tiny sizes (tests)
 
 No tokenizer or weights can be downloaded here, so captions are random "words" of a
@@ -52,8 +52,8 @@ from dasd_lib.config import ModelConfig, StageConfig  # noqa: E402
 from dasd_lib.evaluate import embed_target, score_captions  # noqa: E402
 from dasd_lib.model import METHODS, Discriminator, build_target_model  # noqa: E402
 from dasd_lib.train import (FrozenFeatures, TargetData, autocast_dtype, encode_images,  # noqa: E402
-                            encode_source_texts, make_optimizer, make_target_data,
-                            target_step_fn)
+                            encode_source_texts, make_accelerator, make_optimizer,
+                            make_target_data, target_step_fn)
 
 METHOD, LANG = "dasd", "de"
 TARGETS = {"cma_speedup": 4.0, "cla_speedup": 2.0, "step_flop_fraction": 0.5}
@@ -217,10 +217,10 @@ def naive_data(backbone: HFBackbone, corpus: Corpus, cached: TargetData, device:
         context_length=ctx, pad_id=backbone.tokenizer_target.pad_token_id)
 
 
-def stage_config(batch: int, lr: float = 1e-4, precision: str = "auto") -> StageConfig:
+def stage_config(batch: int, lr: float = 1e-4, precision: str = "auto", compile: bool = False) -> StageConfig:
     """method.md's optimiser (AdamW 0.9/0.98, eps 1e-6, wd 0.2, clip 1.0) and loss weights.
     precision "auto": bf16 autocast on CUDA, fp32 on CPU (dasd_lib.train.autocast_dtype)."""
-    return StageConfig(batch_size=batch, lr=lr, steps=1000, precision=precision)
+    return StageConfig(batch_size=batch, lr=lr, steps=1000, precision=precision, compile=compile)
 
 
 # ----------------------------------------------------------------------------- steps
@@ -246,22 +246,23 @@ def make_discriminator(model_cfg: ModelConfig, backbone: HFBackbone, cfg: StageC
 @dataclass
 class Trainer:
     """One method's training state for a stage, and the step both modes time."""
-    model: torch.nn.Module            # TargetTextModel (or its torch.compile wrapper)
+    model: torch.nn.Module            # the prepared TargetTextModel (or its torch.compile wrapper)
     trainable: list[torch.nn.Parameter]
     disc: torch.nn.Module
     disc_opt: torch.optim.Optimizer
-    opt: torch.optim.Optimizer
+    opt: torch.optim.Optimizer        # accelerate's wrapper of make_optimizer's AdamW
     scheduler: object
     cfg: StageConfig
     stage: str
     device: torch.device
     dtype: torch.dtype | None
+    accelerator: object
 
     def step_fn(self, data: TargetData, share_prefix: bool) -> tuple[Callable, Recorder]:
         rec = Recorder(self.model, share_prefix)
         fn = target_step_fn(model=rec, disc=self.disc, disc_opt=self.disc_opt, spec=METHODS[METHOD],
                             stage=self.stage, cfg=self.cfg, data=data, seed=0, device=self.device,
-                            dtype=self.dtype)
+                            dtype=self.dtype, accelerator=self.accelerator)
         return fn, rec
 
     def train_step(self, fn: Callable, step: int) -> dict[str, float]:
@@ -274,10 +275,12 @@ class Trainer:
                 raise RuntimeError(f"benchmark: loss term {name} is not finite at step {step}")
         clock("forward")
         self.opt.zero_grad(set_to_none=True)
-        terms["total"].backward()
+        self.accelerator.backward(terms["total"])
         clock("backward")
-        if self.cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.grad_clip)
+        clip = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
+        norm = self.accelerator.clip_grad_norm_(self.trainable, clip)
+        if norm is not None and not torch.isfinite(torch.as_tensor(norm)).all():
+            raise RuntimeError(f"benchmark: gradient norm {float(norm)} at step {step}")
         clock("clip")
         self.opt.step()
         self.scheduler.step()
@@ -312,21 +315,26 @@ def cosine_schedule(opt: torch.optim.Optimizer, cfg: StageConfig):
 
 
 def build_trainer(backbone: HFBackbone, sizes: Sizes, stage: str, cfg: StageConfig, device: torch.device,
-                  compile_model: bool = False, fused_adamw: bool = False, seed: int = 0) -> Trainer:
-    """Model, discriminator, optimiser and schedule as train_target_stage builds them.
-    `fused_adamw` is a what-if (the same AdamW groups with fused=True), not the library's
-    optimiser; `compile_model` wraps the target model in torch.compile."""
+                  fused_adamw: bool = False, seed: int = 0) -> Trainer:
+    """Model, discriminator, optimiser, accelerator and schedule as train_target_stage builds
+    them (cfg.compile: torch.compile the prepared model, as it does). `fused_adamw` is a
+    what-if (the same AdamW groups with fused=True), not the library's optimiser."""
+    accelerator = make_accelerator(device.type)
+    if accelerator.device.type != device.type:
+        raise RuntimeError(f"benchmark: accelerate chose {accelerator.device}, not {device}")
     model = build_target_model(backbone, model_config(sizes), METHOD, [LANG], seed=seed).to(device)
     model.train()
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     opt = make_optimizer(trainable, cfg)
     if fused_adamw:
         opt = fused_like(opt, cfg)
-    scheduler = cosine_schedule(opt, cfg)
+    wrapped, opt = accelerator.prepare(model, opt)
+    if cfg.compile:
+        wrapped = torch.compile(wrapped)
     disc, disc_opt = make_discriminator(model_config(sizes), backbone, cfg, device, seed + 1)
-    runner = torch.compile(model, dynamic=True) if compile_model else model
-    return Trainer(model=runner, trainable=[p for _, p in trainable], disc=disc, disc_opt=disc_opt, opt=opt,
-                   scheduler=scheduler, cfg=cfg, stage=stage, device=device, dtype=autocast_dtype(cfg, device))
+    return Trainer(model=wrapped, trainable=[p for _, p in trainable], disc=disc, disc_opt=disc_opt, opt=opt,
+                   scheduler=cosine_schedule(opt, cfg), cfg=cfg, stage=stage, device=device,
+                   dtype=autocast_dtype(cfg, device), accelerator=accelerator)
 
 
 def sync(device: torch.device) -> None:
@@ -343,18 +351,31 @@ class Timing:
 
 def time_steps(trainer: Trainer, fn: Callable, warmup: int, steps: int, start: int = 0) -> Timing:
     """`steps` timed steps after `warmup` untimed ones."""
-    times, phases = [], []
+    return time_interleaved(trainer, {"only": (fn, None)}, warmup, steps, start)["only"]
+
+
+def time_interleaved(trainer: Trainer, variants: dict[str, tuple[Callable, tuple | None]], warmup: int,
+                     steps: int, start: int = 0) -> dict[str, Timing]:
+    """Time several variants of the step in turns (A B A B ...), so a burst of load from
+    other processes slows each about alike. A variant is (step fn, (optimizer, scheduler) or
+    None for the trainer's own); `warmup` untimed rounds first."""
+    own = (trainer.opt, trainer.scheduler)
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    phases: dict[str, list[dict]] = {k: [] for k in variants}
     for i in range(warmup + steps):
-        sync(trainer.device)
-        t0 = time.perf_counter()
-        ph = trainer.train_step(fn, start + i)
-        sync(trainer.device)
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-            phases.append(ph)
-    names = phases[0] if phases else {}
-    return Timing(seconds=statistics.median(times), all_seconds=times,
-                  phases={k: statistics.median(p[k] for p in phases) for k in names})
+        for name, (fn, opt_sched) in variants.items():
+            trainer.opt, trainer.scheduler = opt_sched or own
+            sync(trainer.device)
+            t0 = time.perf_counter()
+            ph = trainer.train_step(fn, start + i)
+            sync(trainer.device)
+            if i >= warmup:
+                times[name].append(time.perf_counter() - t0)
+                phases[name].append(ph)
+    trainer.opt, trainer.scheduler = own
+    return {k: Timing(seconds=statistics.median(times[k]), all_seconds=times[k],
+                      phases={n: statistics.median(p[n] for p in phases[k]) for n in (phases[k] or [{}])[0]})
+            for k in variants}
 
 
 # ----------------------------------------------------------------------------- checks
@@ -510,7 +531,7 @@ def header(args, sizes: Sizes, cfg: StageConfig, device: torch.device) -> dict:
 def run(args) -> dict:
     device = torch.device(args.device)
     sizes = tiny_sizes() if args.tiny else vit_b(args.patch)
-    cfg = stage_config(args.batch, precision=args.precision)
+    cfg = stage_config(args.batch, precision=args.precision, compile=args.compile)
     torch.manual_seed(0)
     wall0, cpu0 = time.perf_counter(), time.process_time()
     log(f"building backbone and frozen cache ({'tiny' if args.tiny else 'ViT-B'}) ...")
@@ -520,24 +541,25 @@ def run(args) -> dict:
     matmul = [matmul_gflops(device, n_mm)]
     rows = []
     for stage in ("cla", "cma"):
-        trainer = build_trainer(backbone, sizes, stage, cfg, device, compile_model=args.compile,
-                                fused_adamw=args.fused_adamw)
+        trainer = build_trainer(backbone, sizes, stage, cfg, device, fused_adamw=args.fused_adamw)
         out.setdefault("trainable_params", sum(p.numel() for p in trainer.trainable))
         naive = naive_data(backbone, corpus, cached[stage], device)
         fn_opt, _ = trainer.step_fn(cached[stage], True)
-        fn_naive, _ = trainer.step_fn(naive, False)
-        log(f"{stage}: timing the optimised step ...")
-        t_opt = time_steps(trainer, fn_opt, args.warmup, args.steps, start=1)
-        log(f"{stage}: optimised {[round(t, 2) for t in t_opt.all_seconds]} s/step")
+        trainer.train_step(fn_opt, 0)  # the first step also allocates AdamW's moments
         out.setdefault("peak_rss_optimised_mib", peak_rss_mib())  # before the naive mode's T = 77 activations
         log(f"{stage}: checking both modes give the same outputs ...")
         check = compare_modes(trainer, cached[stage], naive)
         out[f"{stage}_outputs_match"], out[f"{stage}_max_rel_diff"] = check["match"], check["max_rel_diff"]
         if not check["match"]:
             log(f"{stage}: modes differ: {check['diffs']}")
-        log(f"{stage}: timing the naive step ...")
-        t_naive = time_steps(trainer, fn_naive, args.warmup, args.steps, start=1)
-        log(f"{stage}: naive {[round(t, 2) for t in t_naive.all_seconds]} s/step")
+        fn_opt, _ = trainer.step_fn(cached[stage], True)  # with the fresh discriminator optimiser
+        fn_naive, _ = trainer.step_fn(naive, False)
+        log(f"{stage}: timing optimised and naive steps in turns ...")
+        timed = time_interleaved(trainer, {"optimised": (fn_opt, None), "naive": (fn_naive, None)},
+                                 args.warmup, args.steps, start=1)
+        t_opt, t_naive = timed["optimised"], timed["naive"]
+        log(f"{stage}: optimised {[round(t, 2) for t in t_opt.all_seconds]} s/step, "
+            f"naive {[round(t, 2) for t in t_naive.all_seconds]} s/step")
         sec, sec_naive = t_opt.seconds, t_naive.seconds
         out[f"{stage}_phases_s"] = {k: rounded(v) for k, v in t_opt.phases.items()}
         out[f"{stage}_naive_phases_s"] = {k: rounded(v) for k, v in t_naive.phases.items()}
@@ -545,13 +567,14 @@ def run(args) -> dict:
         out |= {f"{stage}_samples_per_s": args.batch / sec, f"{stage}_naive_samples_per_s": args.batch / sec_naive,
                 f"{stage}_speedup": sec_naive / sec, f"{stage}_step_s": sec, f"{stage}_naive_step_s": sec_naive,
                 f"{stage}_step_gflop": flops / 1e9, f"{stage}_naive_step_gflop": flops_naive / 1e9,
-                f"{stage}_step_gflops_per_s": flops / sec / 1e9}
+                f"{stage}_step_gflops_per_s": flops / sec / 1e9,
+                f"{stage}_speedup_best": min(t_naive.all_seconds) / min(t_opt.all_seconds)}
         rows.append((stage, sec, sec_naive, flops, flops_naive, t_opt.phases, t_naive.phases))
         if args.profile:
             print(f"\n--- profile: optimised {stage} step ---\n{profile_step(trainer, fn_opt, 1)}")
             print(f"\n--- profile: naive {stage} step ---\n{profile_step(trainer, fn_naive, 1)}")
         if stage == "cma" and args.what_if and not args.fused_adamw and device.type == "cpu":
-            out |= what_if_fused(trainer, fn_opt, args, t_opt, t_naive, check["flops"])
+            out |= what_if_fused(trainer, fn_opt, args, t_naive, check["flops"])
         if stage == "cma":
             log(f"evaluation: embedding {args.eval_captions} captions ...")
             out |= eval_throughput(trainer.model, backbone, sizes, args.eval_captions, device)
@@ -574,17 +597,23 @@ def run(args) -> dict:
     return out
 
 
-def what_if_fused(trainer: Trainer, fn_opt: Callable, args, t_opt: Timing, t_naive: Timing, flops: int) -> dict:
-    """Not the library: the optimised CMA step again with AdamW(fused=True) over the same
-    groups (one pass over the 100M parameters instead of about ten). The naive step with it
-    is estimated from the measured phases: naive - its optimiser phase + the fused one."""
-    trainer.opt = fused_like(trainer.opt, trainer.cfg)
-    trainer.scheduler = cosine_schedule(trainer.opt, trainer.cfg)
-    log("what-if: optimised CMA step with AdamW(fused=True) ...")
-    t = time_steps(trainer, fn_opt, args.warmup, args.steps, start=1)
+def what_if_fused(trainer: Trainer, fn_opt: Callable, args, t_naive: Timing, flops: int) -> dict:
+    """Not the library: the optimised CMA step with AdamW(fused=True) over the same groups
+    (one pass over the 100M parameters instead of about ten), timed in turns with the
+    library's AdamW. The naive step with it is estimated from its measured phases: naive -
+    its optimiser phase + the fused one."""
+    fused = trainer.accelerator.prepare(fused_like(trainer.opt, trainer.cfg))
+    log("what-if: optimised CMA step, library AdamW and AdamW(fused=True) in turns ...")
+    timed = time_interleaved(trainer, {"library": (fn_opt, None),
+                                       "fused": (fn_opt, (fused, cosine_schedule(fused, trainer.cfg)))},
+                             args.warmup, args.steps, start=1)
+    lib, t = timed["library"], timed["fused"]
+    fused.state.clear()
     naive_est = t_naive.seconds - t_naive.phases.get("optimizer", 0.0) + t.phases.get("optimizer", 0.0)
     return {"whatif_fused_cma_samples_per_s": args.batch / t.seconds,
+            "whatif_library_cma_samples_per_s": args.batch / lib.seconds,
             "whatif_fused_cma_phases_s": {k: rounded(v) for k, v in t.phases.items()},
+            "whatif_library_cma_phases_s": {k: rounded(v) for k, v in lib.phases.items()},
             "whatif_fused_cma_speedup_est": naive_est / t.seconds,
             "whatif_fused_step_gflops_per_s": flops / t.seconds / 1e9}
 
@@ -614,8 +643,10 @@ def print_table(out: dict, rows: list) -> None:
           f"{out['load_avg_1m_start']} -> {out['load_avg_1m_end']}, total {out['total_s']:.0f} s")
     if "whatif_fused_cma_samples_per_s" in out:
         print(f"what-if (not the library): AdamW(fused=True) -> optimised CMA "
-              f"{out['whatif_fused_cma_samples_per_s']:.2f} samples/s, optimizer phase "
-              f"{out['whatif_fused_cma_phases_s'].get('optimizer', float('nan')):.3f} s, "
+              f"{out['whatif_fused_cma_samples_per_s']:.2f} samples/s (library AdamW in the same turns: "
+              f"{out['whatif_library_cma_samples_per_s']:.2f}), optimizer phase "
+              f"{out['whatif_fused_cma_phases_s'].get('optimizer', float('nan')):.3f} s "
+              f"(library {out['whatif_library_cma_phases_s'].get('optimizer', float('nan')):.3f} s), "
               f"{out['whatif_fused_step_gflops_per_s']:.1f} GFLOP/s, speedup over naive "
               f"~{out['whatif_fused_cma_speedup_est']:.2f}x (estimated)")
     print(f"peak RSS {out['peak_rss_mib']:.0f} MiB (optimised training alone: {out['peak_rss_optimised_mib']:.0f} MiB); targets "
@@ -625,8 +656,9 @@ def print_table(out: dict, rows: list) -> None:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--steps", type=int, default=3, help="timed steps per stage and mode (median reported)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed steps before timing")
+    p.add_argument("--steps", type=int, default=3,
+                   help="timed steps per stage and mode, the modes in turns (median reported)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed rounds before timing")
     p.add_argument("--pool", type=int, default=0, help="captions (and images) batches are drawn from (0: 2 x batch)")
     p.add_argument("--eval-captions", type=int, default=250, help="test captions embedded (5 per image)")
     p.add_argument("--patch", type=int, default=32, help="ViT patch size (32: ViT-B/32, 16: ViT-B/16)")
@@ -634,7 +666,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="autocast (auto: bf16 on CUDA, fp32 on CPU, as the library)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the target model")
+    p.add_argument("--compile", action="store_true", help="torch.compile the target model (stage.compile)")
     p.add_argument("--fused-adamw", action="store_true",
                    help="what-if: AdamW(fused=True) over make_optimizer's groups (not what the library does)")
     p.add_argument("--no-what-if", dest="what_if", action="store_false",

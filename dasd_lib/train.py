@@ -176,8 +176,12 @@ def make_optimizer(params: list[torch.nn.Parameter] | list[tuple[str, torch.nn.P
     no_decay = [p for _, p in named if p.requires_grad and p.ndim < 2]
     groups = [g for g in ({"params": decay, "weight_decay": cfg.weight_decay},
                           {"params": no_decay, "weight_decay": 0.0}) if g["params"]]
+    # fused AdamW: one kernel per parameter instead of ~10 passes with 2 temporaries; the
+    # dense 92M-row mBERT embedding made the unfused update up to half of a CPU step
+    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda")
+                for g in groups for p in g["params"])
     return torch.optim.AdamW(groups, lr=lr if lr is not None else cfg.lr,
-                             betas=tuple(cfg.betas), eps=cfg.eps)
+                             betas=tuple(cfg.betas), eps=cfg.eps, fused=fused or None)
 
 
 def _optimizer_tensors(opt: torch.optim.Optimizer, prefix: str) -> tuple[dict, dict]:
