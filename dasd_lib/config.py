@@ -111,7 +111,9 @@ class StageConfig:
     lambda_adv: float = 0.001
     lambda_mse: float = 1.0         # weight of MSE(r_T, r_S) (CLA main term; CMA extra)
     disc_lr: float = 1e-4
-    logit_scale: float = 100.0      # InfoNCE: cosine x 100 (temperature 0.01)
+    # InfoNCE scale on cosine similarities; 0 = the VLP's own learned scale (CLIP's is 100,
+    # method.md's temperature 0.01; the tiny VLP learns its own, about 20)
+    logit_scale: float = 0.0
     epochs: int = 0                 # > 0 overrides steps (English fine-tune: 5 epochs)
     checkpoint_every: int = 0       # 0: only at the end
     log_every: int = 100            # log losses every N steps (0: never)

@@ -169,9 +169,9 @@ def source_vlp(params: Params, run_dir: str | Path, resume: bool = True) -> VLPR
     losses_frame = pd.DataFrame()
     samples_per_s = 0.0
     if do_train:
-        image_ids, image_rows = np.unique(train.image_id.values, return_inverse=True)
-        first_path = train.drop_duplicates("image_id").set_index("image_id").image_path
-        images = load_images(first_path.loc[image_ids].tolist(), params.data.image_size)
+        # keyed by file path: image ids repeat across corpora (both start at train_00000)
+        image_paths, image_rows = np.unique(train.image_path.values, return_inverse=True)
+        images = load_images(image_paths.tolist(), params.data.image_size)
         result = train_vlp_stage(backbone=backbone, images=images, captions=train.caption.tolist(),
                                  image_rows=image_rows, cfg=params.vlp, seed=params.run.seeds[0],
                                  device_name=params.run.device, out_dir=paths.artifacts / "vlp_training", resume=resume)

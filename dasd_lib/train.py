@@ -135,7 +135,11 @@ def frozen_features(backbone, table: pd.DataFrame, *, image_size: int, cache_dir
     backbone weights hash, the image files, the texts and the preprocessing."""
     from .data import load_images
 
-    images = table.drop_duplicates("image_id")[["image_id", "image_path"]]
+    images = table.drop_duplicates(["image_id", "image_path"])[["image_id", "image_path"]]
+    if images.image_id.duplicated().any():
+        clash = images[images.image_id.duplicated(keep=False)].head(2).image_path.tolist()
+        raise TrainingError(f"image id '{images.image_id[images.image_id.duplicated()].iloc[0]}' names "
+                            f"different files ({clash}); image ids must be unique within a corpus")
     texts = sorted(set(table.loc[table.lang == "en", "caption"]) |
                    set(t for t in table.source_caption if t))
     key = cache_key(backbone, images.image_path.tolist(), texts, image_size)
@@ -446,13 +450,15 @@ def _stage_lr(cfg: StageConfig, method: str) -> float:
 
 
 def target_step_fn(*, model, disc, disc_opt, spec, stage: str, cfg: StageConfig, data: TargetData,
-                   seed: int, device, dtype, accelerator=None) -> Callable[[int], dict[str, torch.Tensor]]:
+                   seed: int, device, dtype, accelerator=None,
+                   vlp_scale: float = 100.0) -> Callable[[int], dict[str, torch.Tensor]]:
     """One CLA or CMA step of method.md for `model` (any method); returns named loss terms.
     Terms starting with 'd_' are logged only (the discriminator's own loss and accuracy)."""
     langs = sorted(data.lang_rows)
     lambda_adv = spec.lambda_adv if spec.lambda_adv is not None else cfg.lambda_adv
     use_sc = spec.sdm and spec.use_sc and cfg.lambda_sc > 0
     use_adv = spec.sdm and spec.use_adv and lambda_adv > 0 and disc is not None
+    scale = cfg.logit_scale or vlp_scale
 
     def step_fn(step: int) -> dict[str, torch.Tensor]:
         lang = langs[step % len(langs)]  # one language per batch: its adapters are used
@@ -471,7 +477,7 @@ def target_step_fn(*, model, disc, disc_opt, spec, stage: str, cfg: StageConfig,
             terms["mse"] = cfg.lambda_mse * losses.mse(r_T, r_S)
         else:
             ref = data.r_V[rows].to(device)
-            terms["infonce"] = losses.info_nce(ref, r_T, scale=cfg.logit_scale)
+            terms["infonce"] = losses.info_nce(ref, r_T, scale=scale)
             if cfg.lambda_mse > 0:
                 terms["mse"] = cfg.lambda_mse * losses.mse(r_T, r_S)
         if use_sc:
@@ -530,7 +536,8 @@ def train_target_stage(*, params: Params, stage: str, method: str, seed: int, ba
     task = TrainTask(modules=modules, optimizer=opt, batch_size=cfg.batch_size,
                      step_fn=target_step_fn(model=wrapped, disc=disc, disc_opt=disc_opt, spec=spec,
                                             stage=stage, cfg=cfg, data=data, seed=seed,
-                                            device=device, dtype=dtype, accelerator=accelerator),
+                                            device=device, dtype=dtype, accelerator=accelerator,
+                                            vlp_scale=vlp_logit_scale(backbone)),
                      extra_optimizers={"disc": disc_opt} if disc_opt is not None else {},
                      params_to_clip=[p for _, p in trainable], accelerator=accelerator)
     steps = stage_steps(cfg, len(data.lengths))
@@ -541,6 +548,11 @@ def train_target_stage(*, params: Params, stage: str, method: str, seed: int, ba
     accelerator.wait_for_everyone()
     result.extra["trainable_params"] = sum(p.numel() for _, p in trainable)
     return result
+
+
+def vlp_logit_scale(backbone) -> float:
+    """The frozen VLP's own InfoNCE scale (exp of its learned log-scale, capped at 100)."""
+    return float(backbone.logit_scale.detach().exp().clamp(max=100.0))
 
 
 def stage_steps(cfg: StageConfig, n_samples: int) -> int:
