@@ -7,7 +7,6 @@ r_V, source-caption embeddings r_S) are computed once and cached (see `frozen_fe
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
@@ -22,13 +21,12 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from . import losses
 from .checkpoint import CheckpointError, load_state, save_state
-from .config import ModelConfig, Params, StageConfig
+from .config import Params, StageConfig
 
 log = logging.getLogger("dasd_lib.train")
 
@@ -445,10 +443,6 @@ def make_target_data(backbone, rows: pd.DataFrame, feats: FrozenFeatures, with_i
 
 # ----------------------------------------------------------------------------- target stages
 
-def _stage_lr(cfg: StageConfig, method: str) -> float:
-    return cfg.lr
-
-
 def target_step_fn(*, model, disc, disc_opt, spec, stage: str, cfg: StageConfig, data: TargetData,
                    seed: int, device, dtype, accelerator=None,
                    vlp_scale: float = 100.0) -> Callable[[int], dict[str, torch.Tensor]]:
@@ -528,7 +522,7 @@ def train_target_stage(*, params: Params, stage: str, method: str, seed: int, ba
         disc = Discriminator(params.model, backbone.width, backbone.embed_dim).to(device)
         disc_opt = torch.optim.Adam(disc.parameters(), lr=cfg.disc_lr)
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    opt = make_optimizer(trainable, cfg, lr=_stage_lr(cfg, method))
+    opt = make_optimizer(trainable, cfg)
     wrapped, opt = accelerator.prepare(model, opt)
     if cfg.compile:
         wrapped = torch.compile(wrapped)

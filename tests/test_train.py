@@ -11,7 +11,7 @@ import torch
 
 from dasd_lib import train as T
 from dasd_lib.checkpoint import load_state
-from dasd_lib.pipeline import (corpus_config, get_backbone, load_table, train_stage_all,
+from dasd_lib.pipeline import (get_backbone, load_table, train_stage_all,
                                load_losses)
 
 
