@@ -66,7 +66,8 @@ def similarity(text_emb, image_emb) -> np.ndarray:
     return (t @ v.T).numpy()
 
 
-def _test_images(test: pd.DataFrame) -> pd.DataFrame:
+def unique_images(test: pd.DataFrame) -> pd.DataFrame:
+    """One row per image (image_id, image_path), in table order."""
     return test.drop_duplicates("image_id")[["image_id", "image_path"]].reset_index(drop=True)
 
 
@@ -92,22 +93,22 @@ def kfold_for(params: Params, lang: str) -> int:
 
 
 def english_oracle(params: Params, run_dir, *, backbone=None, setting: str = "finetune") -> dict:
-    """Translate-test oracle / English sanity check: the frozen VLP on the English test captions."""
+    """Translate-test oracle / English sanity check: the frozen VLP on the English test
+    captions. Uses the run's frozen-feature cache, which evaluation and exploration share."""
     from .pipeline import get_backbone, test_table
-    from .train import encode_images, encode_source_texts, resolve_device
-    from .data import load_images
+    from .train import frozen_features, resolve_device
 
     backbone = backbone or get_backbone(params, run_dir, setting)
-    device = resolve_device(params.run.device)
     test = test_table(params)
-    images = _test_images(test)
-    image_emb = encode_images(backbone, load_images(images.image_path.tolist(), params.data.image_size), device)
+    feats = frozen_features(backbone, test, image_size=params.data.image_size,
+                            cache_dir=Path(run_dir) / "artifacts" / "cache",
+                            device=resolve_device(params.run.device))
+    image_ids = unique_images(test).image_id.tolist()
     english = test[(test.lang == SOURCE_LANG)].reset_index(drop=True)
-    text_emb = encode_source_texts(backbone, english.caption.tolist(), device)
-    metrics = score_captions(text_emb, english, images.image_id.tolist(), image_emb.numpy(),
-                             kfold_for(params, SOURCE_LANG))
-    cpi = max(1, round(len(english) / max(1, len(images))))
-    metrics["chance_SumR"] = chance_sumr(len(images), cpi)
+    metrics = score_captions(feats.texts(english.caption.tolist()).numpy(), english, image_ids,
+                             feats.images(image_ids).numpy(), kfold_for(params, SOURCE_LANG))
+    cpi = max(1, round(len(english) / max(1, len(image_ids))))
+    metrics["chance_SumR"] = chance_sumr(len(image_ids), cpi)
     return metrics
 
 
@@ -121,7 +122,7 @@ def evaluate_run(params: Params, run_dir, *, write: bool = True) -> pd.DataFrame
     run_dir = Path(run_dir)
     device = resolve_device(params.run.device)
     test = test_table(params)
-    images = _test_images(test)
+    images = unique_images(test)
     image_ids = images.image_id.tolist()
     rows = []
     for setting in params.run.settings:

@@ -927,6 +927,7 @@ class ImageBank:
 def image_bank(params: Params, run_dir: str | Path, setting: str = "finetune") -> ImageBank:
     """The downstream test images with the setting's frozen image embeddings (cached)."""
     from .data import load_images
+    from .evaluate import unique_images
     from .pipeline import get_backbone, test_table
     from .train import frozen_features, resolve_device
     test = test_table(params)
@@ -934,7 +935,7 @@ def image_bank(params: Params, run_dir: str | Path, setting: str = "finetune") -
     feats = frozen_features(backbone, test, image_size=params.data.image_size,
                             cache_dir=Path(run_dir) / "artifacts" / "cache",
                             device=resolve_device(params.run.device))
-    images = test.drop_duplicates("image_id")[["image_id", "image_path"]]
+    images = unique_images(test)
     ids = images["image_id"].tolist()
     return ImageBank(image_ids=ids, image_emb=feats.images(ids).numpy(),
                      images=load_images(images["image_path"].tolist(), params.data.image_size))

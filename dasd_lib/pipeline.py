@@ -40,8 +40,12 @@ class RunPaths:
     @property
     def losses(self) -> Path: return self.root / "losses"
 
-    def backbone(self, setting: str = "pretrained") -> Path:
-        return self.artifacts / ("backbone" if setting != "finetune_hf" else "backbone_finetune")
+    @property
+    def backbone(self) -> Path:  # the tiny VLP notebook 01 trains
+        return self.artifacts / "backbone"
+    @property
+    def finetuned_backbone(self) -> Path:  # hf: the English-fine-tuned CLIP
+        return self.artifacts / "backbone_finetune"
 
     def checkpoint(self, setting: str, method: str, seed: int, stage: str) -> Path:
         return self.artifacts / "checkpoints" / setting / method / f"seed{seed}" / canonical_stage(stage)
@@ -96,11 +100,11 @@ def get_backbone(params: Params, run_dir: str | Path, setting: str):
     from .backbones import load_backbone, load_hf_backbone
     paths = RunPaths(Path(run_dir))
     if params.model.backbone == "tiny":
-        where = paths.backbone()
+        where = paths.backbone
         if not (where / "config.json").exists():
             raise TrainingError(f"no tiny VLP in {where}; run notebook 01_source_vlp first")
     elif params.model.backbone == "hf":
-        where = paths.backbone("finetune_hf")
+        where = paths.finetuned_backbone
         if setting != "finetune" or not (where / "config.json").exists():
             where = None
     else:
@@ -148,7 +152,7 @@ def source_vlp(params: Params, run_dir: str | Path, resume: bool = True) -> VLPR
                       ignore_index=True)
     t0 = time.perf_counter()
     if params.model.backbone == "tiny":
-        out = paths.backbone()
+        out = paths.backbone
         if (out / "config.json").exists() and resume:
             backbone = load_backbone(out)
         else:
@@ -160,7 +164,7 @@ def source_vlp(params: Params, run_dir: str | Path, resume: bool = True) -> VLPR
                 image_size=params.data.image_size)
         do_train = not (out / "config.json").exists() or not resume
     else:
-        out = paths.backbone("finetune_hf")
+        out = paths.finetuned_backbone
         backbone = load_backbone(out) if (out / "config.json").exists() and resume \
             else load_hf_backbone(params.model)
         check_image_size(params, backbone)

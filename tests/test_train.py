@@ -99,13 +99,15 @@ def test_changed_weights_or_images_never_reuse_cache(smoke_run, tmp_path):
     assert T.cache_key(backbone, [str(copy)] + images[1:], texts, params.data.image_size) != key
     # perturbing one frozen weight changes the identity and the key
     p = next(backbone.parameters())
+    original = p.detach().clone()  # restored exactly: (x + 1) - 1 need not equal x
     with torch.no_grad():
         p.add_(1.0)
     try:
         assert T.cache_key(backbone, images, texts, params.data.image_size) != key
     finally:
         with torch.no_grad():
-            p.sub_(1.0)
+            p.copy_(original)
+    assert T.cache_key(backbone, images, texts, params.data.image_size) == key
 
 
 def test_nan_loss_stops_naming_step_and_term(smoke_run, tmp_path):
