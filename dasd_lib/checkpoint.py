@@ -49,6 +49,73 @@ class CheckpointError(ValueError):
     """A checkpoint folder that is missing, corrupt, or does not fit what it is loaded onto."""
 
 
+class StaleStageError(CheckpointError):
+    """A checkpoint, model or finished stage was made by other inputs than the ones asked for."""
+
+
+# ----------------------------------------------------------------------------- fingerprints
+
+def fingerprint(values: Any) -> str:
+    """sha256 (24 hex digits) of `values` as canonical JSON."""
+    text = json.dumps(values, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def make_record(identity: dict[str, Any], inputs: dict[str, Any]) -> dict[str, Any]:
+    """What an artefact is (`identity`: kind, stage, method, setting, seed...) and everything
+    that determined it (`inputs`: configs, seed, backbone identity, data key, the record of
+    what it started from), with a fingerprint of both. Stored in the artefact's JSON."""
+    return {"identity": identity, "inputs": inputs,
+            "fingerprint": fingerprint({"identity": identity, "inputs": inputs})}
+
+
+def _flat(values: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(values, dict) and values:
+        out: dict[str, Any] = {}
+        for key, value in values.items():
+            out.update(_flat(value, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): values}
+
+
+def record_differences(recorded: dict[str, Any] | None, expected: dict[str, Any]) -> list[str]:
+    """'key: recorded -> expected' for every identity or input that differs (flattened keys)."""
+    if not recorded or "fingerprint" not in recorded:
+        return ["(no fingerprint recorded: written by an older dasd_lib or by hand)"]
+    if recorded.get("fingerprint") == expected["fingerprint"]:
+        return []
+    have = _flat({"identity": recorded.get("identity", {}), "inputs": recorded.get("inputs", {})})
+    want = _flat({"identity": expected["identity"], "inputs": expected["inputs"]})
+    diffs = [f"{k.split('.', 1)[1]}: {_short(have.get(k))} -> {_short(want.get(k))}"
+             for k in sorted(set(have) | set(want)) if have.get(k) != want.get(k)]
+    return diffs or ["(fingerprint differs)"]
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def check_record(recorded: dict[str, Any] | None, expected: dict[str, Any], where: str,
+                 remedy: str = "") -> None:
+    """Raise StaleStageError naming what differs between an artefact's record and the one asked for."""
+    diffs = record_differences(recorded, expected)
+    if diffs:
+        ident = expected["identity"]
+        what = ", ".join(f"{k} {v}" for k, v in ident.items() if k != "kind" and v != "")
+        stage = ident.get("stage", "vlp" if ident.get("kind") == "vlp" else "STAGE")
+        raise StaleStageError(
+            f"{where} does not hold what was asked for ({ident.get('kind')}: {what}); it was "
+            f"made from other inputs: "
+            + "; ".join(diffs[:8]) + (f" (and {len(diffs) - 8} more)" if len(diffs) > 8 else "")
+            + ". " + (remedy or RESTART_REMEDY.format(stage=stage)))
+
+
+RESTART_REMEDY = ("Use a new run id (run folder), or retrain the stage from scratch: "
+                  "dasd-run --resume --restart-stage {stage}, the notebook parameter restart = True, "
+                  "or restart=True in a library call.")
+
+
 # ----------------------------------------------------------------------------- helpers
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -171,9 +238,12 @@ def load_state(folder: str | Path, device: str | torch.device = "cpu",
 # ----------------------------------------------------------------------------- target models
 
 def save_pretrained(model: TargetTextModel, folder: str | Path,
-                    extra_meta: dict[str, Any] | None = None) -> Path:
-    """Save a target model's own weights, its config, method, languages and backbone identity."""
+                    extra_meta: dict[str, Any] | None = None,
+                    record: dict[str, Any] | None = None) -> Path:
+    """Save a target model's own weights, its config, method, languages and backbone identity,
+    and the `record` (make_record) of the stage that trained it."""
     meta = {
+        "record": record,
         "kind": MODEL_KIND,
         "method": model.method,
         "spec": dataclasses.asdict(model.spec),
@@ -201,10 +271,13 @@ def check_backbone(meta: dict[str, Any], backbone: Backbone, where: str) -> None
 
 
 def from_pretrained(folder: str | Path, backbone: Backbone, langs: list[str] | None = None,
-                    device: str | torch.device = "cpu") -> TargetTextModel:
+                    device: str | torch.device = "cpu", expect: dict[str, Any] | None = None,
+                    remedy: str = "") -> TargetTextModel:
     """Rebuild a target model from `folder` on `backbone`.
 
-    `langs`, when given, must equal the checkpoint's language set (order ignored)."""
+    `langs`, when given, must equal the checkpoint's language set (order ignored).
+    `expect`, when given, is the record (make_record) of the stage asked for: a model made
+    by another stage, method, seed or other inputs raises StaleStageError naming them."""
     from dasd_lib.config import ModelConfig, build_dataclass
     from dasd_lib.model import build_target_model
 
@@ -213,6 +286,8 @@ def from_pretrained(folder: str | Path, backbone: Backbone, langs: list[str] | N
     if meta.get("kind") != MODEL_KIND:
         raise CheckpointError(f"{folder}: holds '{meta.get('kind')}', not a target-language model")
     check_backbone(meta, backbone, f"checkpoint {folder}")
+    if expect is not None:
+        check_record(meta.get("record"), expect, f"model {folder}", remedy)
     saved_langs = list(meta["langs"])
     if langs is not None and sorted(langs) != sorted(saved_langs):
         raise CheckpointError(

@@ -127,7 +127,16 @@ class RunConfig:
     run_id: str = ""                # "" -> timestamp
     reports_dir: str = "reports"
     device: str = "auto"            # "auto", "cpu", "cuda"
+    # target-side seeds: each trains every method once (init, batches, discriminator)
     seeds: list[int] = field(default_factory=lambda: [0])
+    # seed of the tiny VLP (tokenizer-independent init and batches) and of the English
+    # fine-tune; run.seeds vary the target side only, so runs that differ only in seeds
+    # (or in target-side parameters) share one VLP
+    vlp_seed: int = 0
+    # a folder shared between runs (a sweep's): trained VLPs and frozen-feature caches are
+    # kept there by fingerprint and reused by every run whose VLP fingerprint matches;
+    # "" = each run keeps its own (relative paths: from the project root)
+    shared_dir: str = ""
     # "finetune" (cross-lingual finetune) and/or "zeroshot"
     settings: list[str] = field(default_factory=lambda: ["finetune", "zeroshot"])
     # methods per setting; names from dasd_lib.model.METHODS
@@ -142,6 +151,11 @@ class RunConfig:
     kfold_langs: list[str] = field(default_factory=list)
     # test variants to evaluate: native human-style captions, noise-free MT-style
     eval_variants: list[str] = field(default_factory=lambda: ["native", "mt_clean"])
+    # uncertainty: paired bootstrap over test images (captions move with their image) of
+    # the SumR difference between `compare_to` and every other method of the setting
+    compare_to: str = "dasd"
+    bootstrap_samples: int = 1000
+    bootstrap_seed: int = 0
 
 
 @dataclass
@@ -275,6 +289,18 @@ def load_params(path: str | Path | None = None, overrides: list[str] | dict | No
 def params_from_dict(values: dict[str, Any]) -> Params:
     """Rebuild Params from `Params.to_dict()` output (e.g. params.yaml in a run folder)."""
     return build_dataclass(Params, values, "params dict")
+
+
+def seeds_used(params: Params) -> dict[str, Any]:
+    """Every seed a run draws from, by what it drives (recorded in the run's env.json)."""
+    return {
+        "data.seed (downstream corpus: scenes, captions, translator noise)": params.data.seed,
+        "web.seed (web corpus)": params.web.seed,
+        "run.vlp_seed (tiny VLP init and batches; English fine-tune batches)": params.run.vlp_seed,
+        "run.seeds (target towers: init, batches, discriminator)": list(params.run.seeds),
+        "run.seeds[0] (probe splits, UMAP, caption samples, explorer)": params.run.seeds[0] if params.run.seeds else None,
+        "run.bootstrap_seed (paired bootstrap over test images)": params.run.bootstrap_seed,
+    }
 
 
 def save_params(params: Params, path: str | Path) -> None:

@@ -95,13 +95,13 @@ def kfold_for(params: Params, lang: str) -> int:
 def english_oracle(params: Params, run_dir, *, backbone=None, setting: str = "finetune") -> dict:
     """Translate-test oracle / English sanity check: the frozen VLP on the English test
     captions. Uses the run's frozen-feature cache, which evaluation and exploration share."""
-    from .pipeline import get_backbone, test_table
+    from .pipeline import cache_dir, get_backbone, test_table
     from .train import frozen_features, resolve_device
 
     backbone = backbone or get_backbone(params, run_dir, setting)
     test = test_table(params)
     feats = frozen_features(backbone, test, image_size=params.data.image_size,
-                            cache_dir=Path(run_dir) / "artifacts" / "cache",
+                            cache_dir=cache_dir(params, run_dir),
                             device=resolve_device(params.run.device))
     image_ids = unique_images(test).image_id.tolist()
     english = test[(test.lang == SOURCE_LANG)].reset_index(drop=True)
@@ -116,7 +116,7 @@ def evaluate_run(params: Params, run_dir, *, write: bool = True) -> pd.DataFrame
     """Every (setting, method, seed, target language, test variant) of the run, in long
     form; the oracle is reported once per seed list under lang 'en'."""
     from .model import METHODS
-    from .pipeline import get_backbone, load_trained_model, test_table
+    from .pipeline import cache_dir, get_backbone, load_trained_model, test_table
     from .train import frozen_features, resolve_device
 
     run_dir = Path(run_dir)
@@ -128,7 +128,7 @@ def evaluate_run(params: Params, run_dir, *, write: bool = True) -> pd.DataFrame
     for setting in params.run.settings:
         backbone = get_backbone(params, run_dir, setting)
         feats = frozen_features(backbone, test, image_size=params.data.image_size,
-                                cache_dir=run_dir / "artifacts" / "cache", device=device)
+                                cache_dir=cache_dir(params, run_dir), device=device)
         image_emb = feats.images(image_ids).numpy()
         for method in params.run.methods.get(setting, []):
             spec = METHODS[method]

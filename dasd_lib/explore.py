@@ -928,12 +928,12 @@ def image_bank(params: Params, run_dir: str | Path, setting: str = "finetune") -
     """The downstream test images with the setting's frozen image embeddings (cached)."""
     from .data import load_images
     from .evaluate import unique_images
-    from .pipeline import get_backbone, test_table
+    from .pipeline import cache_dir, get_backbone, test_table
     from .train import frozen_features, resolve_device
     test = test_table(params)
     backbone = get_backbone(params, run_dir, setting)
     feats = frozen_features(backbone, test, image_size=params.data.image_size,
-                            cache_dir=Path(run_dir) / "artifacts" / "cache",
+                            cache_dir=cache_dir(params, run_dir),
                             device=resolve_device(params.run.device))
     images = unique_images(test)
     ids = images["image_id"].tolist()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -19,9 +20,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .checkpoint import (PRETRAINED_FILES, CheckpointError, check_record, fingerprint, make_record,
+                         read_meta)
 from .config import ConfigError, DataConfig, Params, SOURCE_LANG
-from .train import (TrainingError, canonical_stage, frozen_features, make_target_data,
-                    resolve_device, train_target_stage, train_vlp_stage, training_rows)
+from .train import (TrainingError, _file_fingerprint, canonical_stage, features_key, frozen_features,
+                    make_target_data, resolve_device, stage_inputs, stage_records, target_data_key,
+                    train_target_stage, train_vlp_stage, training_rows)
 
 log = logging.getLogger("dasd_lib.pipeline")
 SETTINGS = ("finetune", "zeroshot")
@@ -49,6 +53,15 @@ class RunPaths:
 
     def checkpoint(self, setting: str, method: str, seed: int, stage: str) -> Path:
         return self.artifacts / "checkpoints" / setting / method / f"seed{seed}" / canonical_stage(stage)
+
+
+def cache_dir(params: Params, run_dir: str | Path) -> Path:
+    """Where frozen-feature caches go: run.shared_dir/cache when runs share one (a sweep),
+    else the run's artifacts/cache. Keys cover backbone, images, texts and preprocessing,
+    so sharing never mixes up two runs' features."""
+    if params.run.shared_dir:
+        return Path(params.run.shared_dir) / "cache"
+    return RunPaths(Path(run_dir)).cache
 
 
 def corpus_config(params: Params, setting: str) -> DataConfig:
@@ -133,58 +146,143 @@ class VLPResult:
     samples_per_s: float
 
 
-def source_vlp(params: Params, run_dir: str | Path, resume: bool = True) -> VLPResult:
-    """tiny: train tokenizers and the CLIP-style VLP on the English captions of the
-    downstream and web training sets. hf: load CLIP and, when vlp.steps or vlp.epochs > 0,
-    fine-tune it on the downstream English captions (the cross-lingual finetune setting).
-    Ends with an English retrieval check on the downstream test set."""
-    from .backbones import build_tiny_backbone, load_backbone, load_hf_backbone
-    from .data import load_images
-    from .evaluate import english_oracle
+# model fields that shape the VLP (and the tokenizers the target tower uses); the others
+# size the target tower only, so sweeping them reuses one VLP
+VLP_MODEL_FIELDS = ("backbone", "clip_path", "mbert_path", "embed_dim", "text_width", "text_layers",
+                    "text_heads", "context_length", "vision_width", "vision_layers",
+                    "english_vocab_size", "multilingual_vocab_size", "mbert_dim", "train_all_positions")
 
-    paths = RunPaths(Path(run_dir))
-    device = resolve_device(params.run.device)
+
+def vlp_training_texts(params: Params) -> tuple[pd.DataFrame, list[str]]:
+    """The English (image, caption) training rows of the VLP stage, and (tiny) the
+    target-language training texts its multilingual tokenizer is built from."""
     down = load_table(params.data)
     tables = [down]
     if params.model.backbone == "tiny" and params.web.n_train > 0:
         tables.append(load_table(params.web))
     train = pd.concat([t[(t.split == "train") & (t.lang == SOURCE_LANG)] for t in tables],
                       ignore_index=True)
+    if params.model.backbone != "tiny":  # hf: the English fine-tune uses the downstream corpus
+        return train[train.corpus == down.corpus.iloc[0]] if "corpus" in train else train, []
+    everything = pd.concat(tables, ignore_index=True)
+    train_all = everything[everything.split == "train"]
+    return train, train_all.loc[train_all.lang != SOURCE_LANG, "caption"].tolist()
+
+
+def vlp_record(params: Params, train: pd.DataFrame, multilingual_texts: list[str]) -> dict:
+    """The record of the VLP stage: its config, the VLP's model fields, run.vlp_seed, the
+    image size and the data (captions, image files, tokenizer texts)."""
+    data = fingerprint({
+        "captions": fingerprint(train.caption.tolist()),
+        "images": _file_fingerprint(train.image_path.tolist()),
+        "tokenizer_texts": fingerprint(multilingual_texts)})
+    inputs = {"vlp": stage_inputs(params.vlp),
+              "model": {k: getattr(params.model, k) for k in VLP_MODEL_FIELDS},
+              "seed": params.run.vlp_seed, "image_size": params.data.image_size, "data": data}
+    return make_record({"kind": "vlp", "backbone": params.model.backbone}, inputs)
+
+
+def _vlp_remedy() -> str:
+    return ("Use a new run id, or retrain the VLP (dasd-run --restart-stage vlp, the notebook "
+            "parameter restart = True in 01_source_vlp, or source_vlp(..., restart=True)); every "
+            "target stage trained on the old VLP is then retrained too.")
+
+
+def _copy_tree(src: Path, dst: Path) -> None:
+    """Copy a folder, hard-linking files where the file system allows (they are never
+    modified in place: every write replaces the whole folder)."""
+    def link(a, b):
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+    tmp = dst.with_name(f".{dst.name}.copy-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp, copy_function=link)
+    os.replace(tmp, dst)
+
+
+def source_vlp(params: Params, run_dir: str | Path, resume: bool = True,
+               restart: bool = False) -> VLPResult:
+    """tiny: train tokenizers and the CLIP-style VLP on the English captions of the
+    downstream and web training sets. hf: load CLIP and, when vlp.steps or vlp.epochs > 0,
+    fine-tune it on the downstream English captions (the cross-lingual finetune setting).
+    Ends with an English retrieval check on the downstream test set.
+
+    The VLP draws every random number from run.vlp_seed. Its record (vlp_record) is saved
+    with it: a run folder holding a VLP made from other inputs raises StaleStageError unless
+    `restart`. With run.shared_dir, a VLP with the same record is taken from (or put into)
+    <shared_dir>/vlp/<fingerprint>/, under a file lock, so runs differing only on the
+    target side (a sweep) train it once."""
+    from filelock import FileLock
+
+    from .backbones import build_tiny_backbone, load_backbone, load_hf_backbone
+    from .data import load_images
+    from .evaluate import english_oracle
+
+    paths = RunPaths(Path(run_dir))
+    device = resolve_device(params.run.device)
+    train, multilingual_texts = vlp_training_texts(params)
+    record = vlp_record(params, train, multilingual_texts)
+    tiny = params.model.backbone == "tiny"
+    trains_vlp = tiny or params.vlp.steps > 0 or params.vlp.epochs > 0
+    out = paths.backbone if tiny else paths.finetuned_backbone
     t0 = time.perf_counter()
-    if params.model.backbone == "tiny":
-        out = paths.backbone
-        if (out / "config.json").exists() and resume:
+    shared = Path(params.run.shared_dir) / "vlp" / record["fingerprint"] if params.run.shared_dir else None
+    lock = FileLock(str(shared) + ".lock") if shared is not None and trains_vlp else None
+    if lock is not None:
+        shared.parent.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+    try:
+        reused = ""
+        if trains_vlp and (out / PRETRAINED_FILES[1]).exists() and resume and not restart:
+            try:
+                saved = read_meta(out, PRETRAINED_FILES).get("record")
+            except CheckpointError as err:
+                raise TrainingError(f"the run's VLP in {out} cannot be read ({err}). "
+                                    + _vlp_remedy()) from err
+            check_record(saved, record, f"the VLP in {out}", _vlp_remedy())
+            reused = "run"
+        elif trains_vlp and shared is not None and not restart and (shared / "backbone" / PRETRAINED_FILES[1]).exists():
+            check_record(read_meta(shared / "backbone", PRETRAINED_FILES).get("record"), record,
+                         f"the shared VLP in {shared}")
+            _copy_tree(shared / "backbone", out)
+            paths.losses.mkdir(parents=True, exist_ok=True)
+            if (shared / "vlp.csv").exists():
+                shutil.copyfile(shared / "vlp.csv", paths.losses / "vlp.csv")
+            reused = "shared"
+            log.info("VLP: reused %s (fingerprint %s)", shared, record["fingerprint"])
+        losses_frame, samples_per_s = pd.DataFrame(), 0.0
+        if reused:
             backbone = load_backbone(out)
+            if (paths.losses / "vlp.csv").exists():
+                losses_frame = pd.read_csv(paths.losses / "vlp.csv")
         else:
-            everything = pd.concat(tables, ignore_index=True)
-            train_all = everything[everything.split == "train"]
-            backbone = build_tiny_backbone(
-                params.model, english_texts=train.caption.tolist(),
-                multilingual_texts=train_all.loc[train_all.lang != SOURCE_LANG, "caption"].tolist(),
-                image_size=params.data.image_size)
-        do_train = not (out / "config.json").exists() or not resume
-    else:
-        out = paths.finetuned_backbone
-        backbone = load_backbone(out) if (out / "config.json").exists() and resume \
-            else load_hf_backbone(params.model)
-        check_image_size(params, backbone)
-        do_train = (params.vlp.steps > 0 or params.vlp.epochs > 0) and not (out / "config.json").exists()
-        train = train[train.corpus == down.corpus.iloc[0]] if "corpus" in train else train
-    losses_frame = pd.DataFrame()
-    samples_per_s = 0.0
-    if do_train:
-        # keyed by file path: image ids repeat across corpora (both start at train_00000)
-        image_paths, image_rows = np.unique(train.image_path.values, return_inverse=True)
-        images = load_images(image_paths.tolist(), params.data.image_size)
-        result = train_vlp_stage(backbone=backbone, images=images, captions=train.caption.tolist(),
-                                 image_rows=image_rows, cfg=params.vlp, seed=params.run.seeds[0],
-                                 device_name=params.run.device, out_dir=paths.artifacts / "vlp_training", resume=resume)
-        backbone.save(out)
-        losses_frame, samples_per_s = result.losses, result.samples_per_s
-        paths.losses.mkdir(parents=True, exist_ok=True)
-        losses_frame.to_csv(paths.losses / "vlp.csv", index=False)
-    elif (paths.losses / "vlp.csv").exists():
-        losses_frame = pd.read_csv(paths.losses / "vlp.csv")
+            with torch.random.fork_rng(devices=[]):  # the VLP's initial weights come from vlp_seed
+                torch.manual_seed(params.run.vlp_seed)
+                backbone = build_tiny_backbone(
+                    params.model, english_texts=train.caption.tolist(),
+                    multilingual_texts=multilingual_texts,
+                    image_size=params.data.image_size) if tiny else load_hf_backbone(params.model)
+            check_image_size(params, backbone)
+        if trains_vlp and not reused:
+            # keyed by file path: image ids repeat across corpora (both start at train_00000)
+            image_paths, image_rows = np.unique(train.image_path.values, return_inverse=True)
+            images = load_images(image_paths.tolist(), params.data.image_size)
+            result = train_vlp_stage(backbone=backbone, images=images, captions=train.caption.tolist(),
+                                     image_rows=image_rows, cfg=params.vlp, seed=params.run.vlp_seed,
+                                     device_name=params.run.device, out_dir=paths.artifacts / "vlp_training",
+                                     resume=resume and not restart, record=record)
+            backbone.save(out, record=record)
+            losses_frame, samples_per_s = result.losses, result.samples_per_s
+            paths.losses.mkdir(parents=True, exist_ok=True)
+            losses_frame.to_csv(paths.losses / "vlp.csv", index=False)
+            if shared is not None:
+                _copy_tree(out, shared / "backbone")
+                losses_frame.to_csv(shared / "vlp.csv", index=False)
+    finally:
+        if lock is not None:
+            lock.release()
     backbone.freeze()
     forget_backbones()
     english = english_oracle(params, run_dir, backbone=backbone.to(device).eval())
@@ -205,9 +303,11 @@ def trained_methods(params: Params, setting: str) -> list[str]:
     return [m for m in names if METHODS[m].trained]
 
 
-def train_stage_all(params: Params, run_dir: str | Path, stage: str, resume: bool = True) -> pd.DataFrame:
+def train_stage_all(params: Params, run_dir: str | Path, stage: str, resume: bool = True,
+                    restart: bool = False) -> pd.DataFrame:
     """Train `stage` (cla/cma) for every setting, trained method and seed of the run.
-    CMA starts from the same method's CLA weights. Returns one summary row per run."""
+    CMA starts from the same method's CLA weights. Returns one summary row per run.
+    A stage folder trained with other inputs raises StaleStageError unless `restart`."""
     stage = canonical_stage(stage)
     paths = RunPaths(Path(run_dir))
     paths.losses.mkdir(parents=True, exist_ok=True)
@@ -221,7 +321,7 @@ def train_stage_all(params: Params, run_dir: str | Path, stage: str, resume: boo
         corpus = corpus_config(params, setting)
         rows = training_rows(load_table(corpus), params.data.langs)
         feats = frozen_features(backbone, rows, image_size=corpus.image_size,
-                                cache_dir=paths.cache, device=device)
+                                cache_dir=cache_dir(params, run_dir), device=device)
         data = make_target_data(backbone, rows, feats, with_images=(stage == "cma"))
         for method in methods:
             for seed in params.run.seeds:
@@ -232,7 +332,8 @@ def train_stage_all(params: Params, run_dir: str | Path, stage: str, resume: boo
                                         f"in {init}; run notebook 02_train_cla first")
                 result = train_target_stage(params=params, stage=stage, method=method, seed=seed,
                                             backbone=backbone, data=data, out_dir=out,
-                                            init_from=init, resume=resume)
+                                            init_from=init, resume=resume, restart=restart,
+                                            setting=setting)
                 shutil.copyfile(out / "losses.csv",
                                 paths.losses / f"{setting}__{method}__seed{seed}__{stage}.csv")
                 last = result.losses.iloc[-1] if len(result.losses) else {}
@@ -269,4 +370,15 @@ def load_trained_model(params: Params, run_dir: str | Path, setting: str, method
     if not (path / "config.json").exists():
         raise TrainingError(f"no trained model for {setting}/{method}/seed{seed} at {path}; "
                             "run notebooks 02 and 03 first")
-    return from_pretrained(path, backbone)
+    expect = stage_records(params, setting=setting, method=method, seed=seed, backbone=backbone,
+                           data_key=setting_data_key(params, setting, backbone))["cma"]
+    return from_pretrained(path, backbone, expect=expect, remedy=(
+        "Retrain it (dasd-run --restart-stage cla, or restart = True in notebooks 02 and 03) or "
+        "evaluate the run folder with the parameters it was trained with."))
+
+
+def setting_data_key(params: Params, setting: str, backbone) -> str:
+    """The data key (train.target_data_key) of a setting's target-side training data."""
+    corpus = corpus_config(params, setting)
+    rows = training_rows(load_table(corpus), params.data.langs)
+    return target_data_key(rows, features_key(backbone, rows, corpus.image_size))

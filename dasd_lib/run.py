@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from .config import ConfigError, Params, load_params, save_params
+from .config import ConfigError, Params, load_params, save_params, seeds_used
 
 try:  # POSIX only; elsewhere the lock falls back to the pid check alone
     import fcntl
@@ -45,6 +45,10 @@ except ImportError:  # pragma: no cover
 KERNEL_NAME = "python3"
 NOTEBOOK_RE = re.compile(r"^(\d{2})_[\w.-]+\.ipynb$")
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# notebooks that compare several run folders (dasd-sweep runs them on a sweep folder):
+# never part of a run, so find_notebooks leaves them out
+COMPARE_NOTEBOOK = "07_compare_runs.ipynb"
+CROSS_RUN_NOTEBOOKS = (COMPARE_NOTEBOOK,)
 INTERACTIVE_ID = "interactive"
 RUN_SUBDIRS = ("figures", "artifacts", "losses")
 # params that name the run rather than change it: ignored when comparing two runs' params
@@ -55,6 +59,22 @@ PACKAGES = ("dasd_lib", "torch", "transformers", "tokenizers", "safetensors", "a
             "papermill", "nbconvert", "nbformat", "ipykernel", "ipywidgets", "jupyterlab",
             "pyyaml", "tqdm")
 STALE_EMPTY_LOCK_S = 60.0  # a lock file with no readable owner older than this is stale
+# training stages in order, and the notebook that trains each: restarting one restarts the
+# later ones too, since each starts from the one before
+STAGE_NOTEBOOKS = {"vlp": "01", "cla": "02", "cma": "03"}
+
+
+def stages_to_restart(stages: Sequence[str] | None) -> list[str]:
+    """The named stages (vlp, cla/nlt, cma/le) and every later one, in order."""
+    from .train import canonical_stage
+    order = list(STAGE_NOTEBOOKS)
+    try:
+        named = [canonical_stage(s.strip()) for item in stages or [] for s in str(item).split(",") if s.strip()]
+    except ValueError as err:
+        raise RunError(f"--restart-stage: {err}") from None
+    if not named:
+        return []
+    return order[min(order.index(s) for s in named):]
 
 
 # ----------------------------------------------------------------------------- errors
@@ -81,6 +101,7 @@ class NotebookFailed(RunError):
         self.ename, self.evalue = ename, evalue
         self.cell_index, self.exec_count, self.first_line = cell_index, exec_count, first_line
         self.run_dir = run_dir
+        self.remaining: list[str] = []  # numbers of this and the later notebooks of the run
         super().__init__(self.describe())
 
     def describe(self) -> str:
@@ -150,14 +171,24 @@ def _resolve_input(path: str | Path, root: Path | None) -> Path:
 # ----------------------------------------------------------------------------- notebooks
 
 def find_notebooks(notebooks_dir: str | Path) -> list[Path]:
-    """notebooks/NN_name.ipynb in number order; an error when there are none."""
+    """A run's notebooks/NN_name.ipynb in number order (not the CROSS_RUN_NOTEBOOKS);
+    an error when there are none."""
     folder = Path(notebooks_dir)
     if not folder.is_dir():
         raise RunError(f"notebook folder {folder} does not exist; pass --notebooks-dir")
-    found = sorted(p for p in folder.iterdir() if NOTEBOOK_RE.match(p.name))
+    found = sorted(p for p in folder.iterdir()
+                   if NOTEBOOK_RE.match(p.name) and p.name not in CROSS_RUN_NOTEBOOKS)
     if not found:
         raise RunError(f"no notebooks named NN_name.ipynb in {folder}")
     return found
+
+
+def find_compare_notebook(notebooks_dir: str | Path) -> Path:
+    """notebooks/07_compare_runs.ipynb, the cross-run comparison dasd-sweep executes."""
+    path = Path(notebooks_dir) / COMPARE_NOTEBOOK
+    if not path.is_file():
+        raise RunError(f"no {COMPARE_NOTEBOOK} in {notebooks_dir}; pass --notebooks-dir")
+    return path
 
 
 def select_notebooks(notebooks: Sequence[Path], only: Sequence[str] | str | None) -> list[Path]:
@@ -434,8 +465,14 @@ def run_notebooks(params_path: str | Path, run_id: str | None = None,
                   only: Sequence[str] | str | None = None, overrides: Sequence[str] | None = None,
                   notebooks_dir: str | Path = "notebooks", reports_dir: str | Path | None = None,
                   *, resume: bool = False, log_output: bool = False, progress: bool = False,
-                  command: Sequence[str] | None = None) -> Path:
+                  command: Sequence[str] | None = None,
+                  restart_stages: Sequence[str] | None = None) -> Path:
     """Execute the notebooks in order into reports/<run_id>/notebooks/; return the run folder.
+
+    `restart_stages` (vlp, cla, cma): retrain these stages and every later one from scratch
+    in an existing run folder (implies resume; the parameters may then differ from the
+    folder's params.yaml, and the change is logged). Without it, a stage trained with other
+    inputs than the current parameters is refused by the library (StaleStageError).
 
     reports_dir None means params `run.reports_dir`, relative to the project root (the
     folder holding `notebooks_dir`). Raises ConfigError (bad params; before anything runs),
@@ -459,6 +496,8 @@ def run_notebooks(params_path: str | Path, run_id: str | None = None,
         run_id, run_dir = _claim_auto_folder(reports, default_run_id(params_path))
     params = _with_run_id(params, run_id)
     command_line = shlex.join(command if command is not None else sys.argv)
+    restart = stages_to_restart(restart_stages)
+    resume = resume or bool(restart)
 
     lock = RunLock(run_dir).acquire(command_line)  # RunLockedError: another run is in there
     try:
@@ -467,13 +506,17 @@ def run_notebooks(params_path: str | Path, run_id: str | None = None,
             raise RunExistsError(
                 f"{run_dir} already holds a run (status: {status}); pass --resume to re-execute "
                 f"notebooks in it with the same parameters, or choose another --run-id")
+        changed: list[str] = []
         env = collect_env(root, command)
+        env["seeds"] = seeds_used(params)
+        env["threads"] = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
         if status is not None and (run_dir / "params.yaml").is_file():
             # resuming: the folder's parameters must not change under its earlier notebooks
             changed = params_diff(load_params(run_dir / "params.yaml"), params)
-            if changed:
+            if changed and not restart:
                 raise RunError(f"--resume with other parameters than {run_dir / 'params.yaml'}: "
-                               + "; ".join(changed) + ". Start a new run id instead.")
+                               + "; ".join(changed) + ". Start a new run id, or retrain from the "
+                               "first stage these change with --restart-stage vlp|cla|cma.")
             try:
                 old_env = json.loads((run_dir / "env.json").read_text(encoding="utf-8"))
                 env["previous"] = [*old_env.pop("previous", []), old_env]
@@ -487,11 +530,15 @@ def run_notebooks(params_path: str | Path, run_id: str | None = None,
         records = _Records(run_dir, run_id, resume)
         records.log(f"start run {run_id}: {command_line} ({len(notebooks)} notebooks"
                     f"{', resumed' if status is not None else ''})")
+        if restart:
+            records.log(f"restarting stages {', '.join(restart)}"
+                        + (f"; parameters changed: {'; '.join(changed)}" if status is not None and changed else ""))
         plural = "s" * (len(notebooks) != 1)
         print(f"dasd-run: run {run_id} in {run_dir} ({len(notebooks)} notebook{plural})",
               flush=True)
         parameters = {"params_file": str(run_dir / "params.yaml"), "run_dir": str(run_dir),
                       "overrides": []}
+        restart_numbers = {STAGE_NOTEBOOKS[s] for s in restart}
         t_run = time.perf_counter()
         for i, src in enumerate(notebooks, 1):
             dst = run_dir / "notebooks" / src.name
@@ -500,11 +547,13 @@ def run_notebooks(params_path: str | Path, run_id: str | None = None,
             print(f"  [{i}/{len(notebooks)}] {src.name}: running", flush=True)
             t0 = time.perf_counter()
             try:
-                execute_notebook(src, dst, parameters=parameters, cwd=root,
-                                 log_output=log_output, progress=progress)
+                execute_notebook(src, dst, cwd=root, log_output=log_output, progress=progress,
+                                 parameters=parameters | ({"restart": True}
+                                                          if src.name[:2] in restart_numbers else {}))
             except NotebookFailed as err:
                 seconds = round(time.perf_counter() - t0, 2)
                 err.run_dir = run_dir
+                err.remaining = [p.name[:2] for p in notebooks[i - 1:]]
                 records.notebook(src.name, status="failed", seconds=seconds,
                                  cell_index=err.cell_index, error=f"{err.ename}: {err.evalue}")
                 records.log(f"FAILED {src.name} after {seconds} s: "
@@ -610,6 +659,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="where run folders go (default: run.reports_dir, i.e. reports)")
     ap.add_argument("--resume", action="store_true",
                     help="re-execute the selected notebooks in an existing run folder")
+    ap.add_argument("--restart-stage", action="append", default=None, metavar="STAGE",
+                    help="retrain this stage (vlp, cla or cma) and every later one from scratch "
+                         "in an existing run folder; the parameters may differ from its params.yaml")
     ap.add_argument("--log-output", action="store_true",
                     help="echo the notebooks' cell outputs to the terminal")
     return ap
@@ -623,12 +675,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 overrides=args.param, notebooks_dir=args.notebooks_dir,
                                 reports_dir=args.reports_dir, resume=args.resume,
                                 log_output=args.log_output, progress=sys.stderr.isatty(),
-                                command=["dasd-run", *argv])
+                                command=["dasd-run", *argv], restart_stages=args.restart_stage)
     except NotebookFailed as err:
         print(f"dasd-run: {err}", file=sys.stderr)
         if err.run_dir is not None:
+            only = ",".join(getattr(err, "remaining", None) or [err.notebook[:2]])
             print(f"dasd-run: run folder {err.run_dir} (see run.log); after a fix, rerun "
-                  f"with --run-id {err.run_dir.name} --resume --only {err.notebook[:2]},...",
+                  f"with --run-id {err.run_dir.name} --resume --only {only}",
                   file=sys.stderr)
         return 1
     except (RunError, ConfigError) as err:

@@ -7,6 +7,7 @@ r_V, source-caption embeddings r_S) are computed once and cached (see `frozen_fe
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -25,7 +26,8 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from . import losses
-from .checkpoint import CheckpointError, load_state, save_state
+from .checkpoint import (CheckpointError, StaleStageError, check_record, fingerprint, load_state,
+                         make_record, read_meta, save_state)
 from .config import Params, StageConfig
 
 log = logging.getLogger("dasd_lib.train")
@@ -126,13 +128,8 @@ def encode_source_texts(backbone, texts: list[str], device, batch_size: int = 51
     return torch.cat(out) if out else torch.zeros(0, backbone.embed_dim)
 
 
-def frozen_features(backbone, table: pd.DataFrame, *, image_size: int, cache_dir: str | Path | None,
-                    device: torch.device, use_cache: bool = True) -> FrozenFeatures:
-    """r_V for every image of `table` and r_S for every English caption it holds (captions
-    with lang 'en' and every non-empty source_caption), cached under a key of the
-    backbone weights hash, the image files, the texts and the preprocessing."""
-    from .data import load_images
-
+def _features_inputs(table: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """The images (image_id, image_path) and English texts whose frozen outputs `table` needs."""
     images = table.drop_duplicates(["image_id", "image_path"])[["image_id", "image_path"]]
     if images.image_id.duplicated().any():
         clash = images[images.image_id.duplicated(keep=False)].head(2).image_path.tolist()
@@ -140,13 +137,31 @@ def frozen_features(backbone, table: pd.DataFrame, *, image_size: int, cache_dir
                             f"different files ({clash}); image ids must be unique within a corpus")
     texts = sorted(set(table.loc[table.lang == "en", "caption"]) |
                    set(t for t in table.source_caption if t))
+    return images, texts
+
+
+def features_key(backbone, table: pd.DataFrame, image_size: int) -> str:
+    """The cache key `frozen_features` uses for `table`, without computing anything."""
+    images, texts = _features_inputs(table)
+    return cache_key(backbone, images.image_path.tolist(), texts, image_size)
+
+
+def frozen_features(backbone, table: pd.DataFrame, *, image_size: int, cache_dir: str | Path | None,
+                    device: torch.device, use_cache: bool = True) -> FrozenFeatures:
+    """r_V for every image of `table` and r_S for every English caption it holds (captions
+    with lang 'en' and every non-empty source_caption), cached under a key of the
+    backbone weights hash, the image files, the texts and the preprocessing."""
+    from .data import load_images
+
+    images, texts = _features_inputs(table)
     key = cache_key(backbone, images.image_path.tolist(), texts, image_size)
     path = Path(cache_dir) / key if cache_dir else None
     image_ids = images.image_id.tolist()
     if use_cache and path is not None and (path / "state.json").exists():
         try:
             tensors, meta = load_state(path)
-            if meta.get("key") == key and meta.get("image_ids") == image_ids and meta.get("texts") == texts:
+            if meta.get("kind", "frozen_features") == "frozen_features" and meta.get("key") == key \
+                    and meta.get("image_ids") == image_ids and meta.get("texts") == texts:
                 log.info("frozen features: cache hit %s", path)
                 return FrozenFeatures({i: n for n, i in enumerate(image_ids)}, tensors["image_emb"],
                                       {t: n for n, t in enumerate(texts)}, tensors["text_emb"],
@@ -163,7 +178,7 @@ def frozen_features(backbone, table: pd.DataFrame, *, image_size: int, cache_dir
     text_emb = encode_source_texts(backbone, texts, device)
     if use_cache and path is not None:
         save_state(path, {"image_emb": image_emb, "text_emb": text_emb},
-                   {"key": key, "image_ids": image_ids, "texts": texts})
+                   {"kind": "frozen_features", "key": key, "image_ids": image_ids, "texts": texts})
     return FrozenFeatures({i: n for n, i in enumerate(image_ids)}, image_emb,
                           {t: n for n, t in enumerate(texts)}, text_emb, key=key)
 
@@ -234,9 +249,10 @@ def _trainable_state(module: torch.nn.Module, prefix: str) -> dict[str, torch.Te
             if p.requires_grad}
 
 
-def _save_training_state(path: Path, task: TrainTask, scheduler, step: int, stage: str) -> None:
+def _save_training_state(path: Path, task: TrainTask, scheduler, step: int, stage: str,
+                         record: dict | None = None) -> None:
     tensors, meta = {}, {"stage": stage, "step": step, "scheduler": scheduler.state_dict(),
-                         "optimizers": {}}
+                         "optimizers": {}, "record": record}
     for name, module in task.modules.items():
         tensors.update(_trainable_state(module, name))
     for name, opt in {"main": task.optimizer, **task.extra_optimizers}.items():
@@ -246,10 +262,13 @@ def _save_training_state(path: Path, task: TrainTask, scheduler, step: int, stag
     save_state(path, tensors, meta)
 
 
-def _load_training_state(path: Path, task: TrainTask, scheduler, stage: str) -> int:
+def _load_training_state(path: Path, task: TrainTask, scheduler, stage: str,
+                         record: dict | None = None) -> int:
     tensors, meta = load_state(path)
     if meta.get("stage") != stage:
         raise TrainingError(f"checkpoint {path} is from stage '{meta.get('stage')}', not '{stage}'")
+    if record is not None:
+        check_record(meta.get("record"), record, f"checkpoint {path}")
     for name, module in task.modules.items():
         own = {k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + ".")}
         missing, unexpected = module.load_state_dict(own, strict=False)
@@ -298,20 +317,30 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
 
 
 def run_loop(task: TrainTask, cfg: StageConfig, *, stage: str, steps: int, out_dir: Path,
-             resume: bool = True, desc: str = "") -> StageResult:
+             resume: bool = True, desc: str = "", record: dict | None = None) -> StageResult:
     """The shared training loop: cosine schedule with warm-up, clipping, atomic step
     checkpoints every cfg.checkpoint_every steps, per-step losses in losses.csv, resume
-    from the newest good checkpoint, stop on a non-finite loss naming the step and term."""
+    from the newest good checkpoint, stop on a non-finite loss naming the step and term.
+
+    `record` (make_record: what the stage is and what determines it) is stored in every
+    checkpoint; resuming from, or reusing, a checkpoint with another record raises
+    StaleStageError. resume=False discards the folder's checkpoints and trains afresh."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     acc = task.accelerator
     is_main = acc is None or acc.is_main_process
     if is_main:
         _clear_partial_writes(out_dir)
+        if not resume:  # a fresh start must not leave older checkpoints to resume from later
+            for old in _step_dirs(out_dir):
+                _rmtree(old)
+            (out_dir / "losses.csv").unlink(missing_ok=True)
+    if acc is not None:
+        acc.wait_for_everyone()
     scheduler = get_cosine_schedule_with_warmup(task.optimizer, int(cfg.warmup_frac * steps), max(steps, 1))
     start = 0
     if resume and (ckpt := latest_checkpoint(out_dir)) is not None:
-        start = _load_training_state(ckpt, task, scheduler, stage)
+        start = _load_training_state(ckpt, task, scheduler, stage, record)
         log.info("%s: resumed from %s (step %d)", desc or stage, ckpt, start)
     loss_path = out_dir / "losses.csv"
     if start >= steps and loss_path.exists():  # already complete: nothing to redo
@@ -362,14 +391,15 @@ def run_loop(task: TrainTask, cfg: StageConfig, *, stage: str, steps: int, out_d
         if every and (step + 1) % every == 0 and step + 1 < steps and is_main:
             # losses first: a checkpoint on disk always has its loss rows (resume drops extras)
             _write_losses(rows, loss_path)
-            _save_training_state(out_dir / f"step-{step + 1:07d}", task, scheduler, step + 1, stage)
+            _save_training_state(out_dir / f"step-{step + 1:07d}", task, scheduler, step + 1, stage,
+                                 record)
             for old in _step_dirs(out_dir)[:-2]:  # keep the two newest
                 _rmtree(old)
     seconds = time.perf_counter() - t0
     frame = pd.DataFrame(rows)
     if is_main:
         _write_losses(frame, loss_path)
-        _save_training_state(out_dir / f"step-{steps:07d}", task, scheduler, steps, stage)
+        _save_training_state(out_dir / f"step-{steps:07d}", task, scheduler, steps, stage, record)
         for old in _step_dirs(out_dir)[:-1]:
             _rmtree(old)
     if acc is not None:
@@ -409,6 +439,7 @@ class TargetData:
     lang_rows: dict[str, torch.Tensor]  # lang -> row indices
     r_S: torch.Tensor                 # (N, d) frozen source-caption embedding
     r_V: torch.Tensor | None          # (N, d) frozen image embedding (cma only)
+    key: str = ""                     # fingerprint of the rows and their frozen features
 
     def batch(self, rows: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
         """Pad to the batch's longest caption, not to the context length."""
@@ -431,6 +462,13 @@ def training_rows(table: pd.DataFrame, langs: list[str]) -> pd.DataFrame:
     return rows.reset_index(drop=True)
 
 
+def target_data_key(rows: pd.DataFrame, feats_key: str) -> str:
+    """What a target stage's data is: its caption rows and the key of their frozen features."""
+    lines = (rows.lang + "\t" + rows.caption + "\t" + rows.source_caption + "\t" + rows.image_id.astype(str))
+    return fingerprint({"rows": hashlib.sha256("\n".join(lines).encode()).hexdigest(),
+                        "features": feats_key})
+
+
 def make_target_data(backbone, rows: pd.DataFrame, feats: FrozenFeatures, with_images: bool) -> TargetData:
     ids, mask = backbone.tokenize_target(rows.caption.tolist())
     lengths = mask.sum(1)
@@ -438,7 +476,8 @@ def make_target_data(backbone, rows: pd.DataFrame, feats: FrozenFeatures, with_i
                  for lang in sorted(rows.lang.unique())}
     return TargetData(ids=ids.cpu(), lengths=lengths.cpu(), lang_rows=lang_rows,
                       r_S=feats.texts(rows.source_caption.tolist()),
-                      r_V=feats.images(rows.image_id.tolist()) if with_images else None)
+                      r_V=feats.images(rows.image_id.tolist()) if with_images else None,
+                      key=target_data_key(rows, feats.key))
 
 
 # ----------------------------------------------------------------------------- target stages
@@ -497,23 +536,69 @@ def target_step_fn(*, model, disc, disc_opt, spec, stage: str, cfg: StageConfig,
     return step_fn
 
 
+# StageConfig fields that change how a stage is run or logged, not what it computes
+UNRECORDED_STAGE_FIELDS = ("checkpoint_every", "log_every", "num_workers")
+
+
+def stage_inputs(cfg: StageConfig) -> dict:
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in UNRECORDED_STAGE_FIELDS}
+
+
+def target_stage_record(params: Params, *, stage: str, setting: str, method: str, seed: int,
+                        backbone, data_key: str, init: dict | None = None) -> dict:
+    """The record (checkpoint.make_record) of one method's CLA or CMA stage: its stage
+    config, the model config, the method spec, the seed, the backbone identity, the data
+    key and, for CMA, the record of the CLA model it starts from."""
+    from .model import METHODS
+    stage = canonical_stage(stage)
+    inputs = {stage: stage_inputs(getattr(params, stage)), "model": dataclasses.asdict(params.model),
+              "method": dataclasses.asdict(METHODS[method]), "seed": seed,
+              "backbone": backbone.identity(), "data": data_key}
+    if init is not None:
+        inputs["init"] = {"identity": init["identity"], "inputs": init["inputs"]}
+    return make_record({"kind": "target_stage", "setting": setting, "method": method,
+                        "seed": seed, "stage": stage}, inputs)
+
+
+def stage_records(params: Params, *, setting: str, method: str, seed: int, backbone,
+                  data_key: str) -> dict[str, dict]:
+    """{"cla": record, "cma": record}: CMA starts from CLA's weights."""
+    cla = target_stage_record(params, stage="cla", setting=setting, method=method, seed=seed,
+                              backbone=backbone, data_key=data_key)
+    return {"cla": cla, "cma": target_stage_record(params, stage="cma", setting=setting, method=method,
+                                                   seed=seed, backbone=backbone, data_key=data_key,
+                                                   init=cla)}
+
+
 def train_target_stage(*, params: Params, stage: str, method: str, seed: int, backbone,
                        data: TargetData, out_dir: Path, init_from: Path | None = None,
-                       resume: bool = True) -> StageResult:
-    """Train one method's target tower for one stage (CLA or CMA) and save it to out_dir/model."""
+                       resume: bool = True, restart: bool = False, setting: str = "") -> StageResult:
+    """Train one method's target tower for one stage (CLA or CMA) and save it to out_dir/model.
+
+    The stage's record (target_stage_record) goes into every checkpoint and the model: a
+    folder holding a stage trained with other inputs (parameters, backbone, data, seed,
+    method, the CLA model it started from) raises StaleStageError naming what differs,
+    unless `restart` (train from scratch, discarding the folder's checkpoints)."""
     from .checkpoint import from_pretrained, save_pretrained
     from .model import METHODS, Discriminator, build_target_model
 
     stage = canonical_stage(stage)
     cfg: StageConfig = getattr(params, stage)
     spec = METHODS[method]
+    records = stage_records(params, setting=setting, method=method, seed=seed, backbone=backbone,
+                            data_key=data.key)
+    record = records[stage] if init_from is not None or stage == "cla" else \
+        target_stage_record(params, stage=stage, setting=setting, method=method, seed=seed,
+                            backbone=backbone, data_key=data.key)
     accelerator = make_accelerator(params.run.device)
     device = accelerator.device
     dtype = autocast_dtype(cfg, device)
     langs = sorted(data.lang_rows)
     torch.manual_seed(seed)
     if init_from is not None:
-        model = from_pretrained(init_from, backbone)
+        model = from_pretrained(init_from, backbone, expect=records["cla"], remedy=(
+            "Retrain CLA first (dasd-run --restart-stage cla, or restart = True in notebook 02), "
+            "or use a new run id."))
     else:
         model = build_target_model(backbone, params.model, method, langs)
     model.to(device)
@@ -535,10 +620,10 @@ def train_target_stage(*, params: Params, stage: str, method: str, seed: int, ba
                      extra_optimizers={"disc": disc_opt} if disc_opt is not None else {},
                      params_to_clip=[p for _, p in trainable], accelerator=accelerator)
     steps = stage_steps(cfg, len(data.lengths))
-    result = run_loop(task, cfg, stage=stage, steps=steps, out_dir=out_dir, resume=resume,
-                      desc=f"{stage} {method} s{seed}")
+    result = run_loop(task, cfg, stage=stage, steps=steps, out_dir=out_dir,
+                      resume=resume and not restart, desc=f"{stage} {method} s{seed}", record=record)
     if accelerator.is_main_process:
-        save_pretrained(model, out_dir / "model")
+        save_pretrained(model, out_dir / "model", record=record)
     accelerator.wait_for_everyone()
     result.extra["trainable_params"] = sum(p.numel() for _, p in trainable)
     return result
@@ -559,7 +644,7 @@ def stage_steps(cfg: StageConfig, n_samples: int) -> int:
 
 def train_vlp_stage(*, backbone, images: np.ndarray, captions: list[str], image_rows: np.ndarray,
                     cfg: StageConfig, seed: int, device_name: str, out_dir: Path,
-                    resume: bool = True) -> StageResult:
+                    resume: bool = True, record: dict | None = None) -> StageResult:
     """Contrastive training of the VLP itself on English (image, caption) pairs: the tiny
     VLP's pretraining, or the English fine-tune of an HF CLIP. Every VLP weight trains.
     image_rows[j] is the index in `images` of caption j's image."""
@@ -599,7 +684,8 @@ def train_vlp_stage(*, backbone, images: np.ndarray, captions: list[str], image_
                      batch_size=cfg.batch_size, params_to_clip=[p for _, p in named],
                      accelerator=accelerator)
     steps = stage_steps(cfg, len(np.unique(image_rows)))
-    result = run_loop(task, cfg, stage="vlp", steps=steps, out_dir=out_dir, resume=resume, desc="vlp")
+    result = run_loop(task, cfg, stage="vlp", steps=steps, out_dir=out_dir, resume=resume, desc="vlp",
+                      record=record)
     backbone.freeze()
     return result
 

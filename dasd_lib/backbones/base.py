@@ -291,5 +291,5 @@ class Backbone(nn.Module):
             self._identity = (version, ident)
         return dict(self._identity[1])
 
-    def save(self, folder: Any) -> Any:
+    def save(self, folder: Any, record: dict | None = None) -> Any:
         raise NotImplementedError

@@ -166,13 +166,14 @@ class HFBackbone(Backbone):
     def identity_name(self) -> str:
         return f"hf(clip={Path(self.cfg.clip_path).name},mbert={Path(self.cfg.mbert_path).name})"
 
-    def save(self, folder: str | Path) -> Path:
+    def save(self, folder: str | Path, record: dict | None = None) -> Path:
         """Atomically write the CLIPModel (safetensors + config), both tokenizers and the
-        multilingual embeddings, so a fine-tuned VLP can be reloaded exactly."""
+        multilingual embeddings, so a fine-tuned VLP can be reloaded exactly; `record` is
+        the fine-tune's (checkpoint.make_record)."""
         import dataclasses
         meta = {"kind": self.kind, "model_config": dataclasses.asdict(self.cfg),
                 "image_mean": self.image_mean, "image_std": self.image_std,
-                "identity": self.identity()}
+                "identity": self.identity(), "record": record}
         with atomic_dir(folder) as tmp:
             self.clip.save_pretrained(str(tmp / "clip"), safe_serialization=True)
             self.tokenizer_source.save_pretrained(str(tmp / "clip"))

@@ -119,10 +119,11 @@ class TinyBackbone(Backbone):
         return (f"tiny(d={c.embed_dim},w={c.text_width},L={c.text_layers},heads={c.text_heads},"
                 f"ctx={c.context_length},vision={c.vision_width}x{c.vision_layers},img={self.image_size})")
 
-    def save(self, folder: str | Path) -> Path:
-        """Atomically write weights (safetensors), config JSON and both tokenizers."""
+    def save(self, folder: str | Path, record: dict | None = None) -> Path:
+        """Atomically write weights (safetensors), config JSON and both tokenizers, with the
+        `record` of the stage that trained it (checkpoint.make_record)."""
         meta = {"kind": self.kind, "model_config": dataclasses.asdict(self.cfg),
-                "image_size": self.image_size, "identity": self.identity()}
+                "image_size": self.image_size, "identity": self.identity(), "record": record}
         with atomic_dir(folder) as tmp:
             write_state(tmp, self.state_dict(), meta, PRETRAINED_FILES)
             self.tokenizer_source.save_pretrained(str(tmp / "tokenizer_source"))
