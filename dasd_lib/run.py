@@ -607,7 +607,9 @@ def prepare_run(params_file: str | Path, run_dir: str | Path,
             changed = params_diff(load_params(folder / "params.yaml"), params)
             if changed:
                 print(f"note: {folder} held outputs made with other parameters "
-                      f"({'; '.join(changed[:5])}{' ...' if len(changed) > 5 else ''})")
+                      f"({'; '.join(changed[:5])}{' ...' if len(changed) > 5 else ''}); "
+                      f"a trained stage they change is refused with the keys named, until it "
+                      f"is retrained (parameter restart = True in notebooks 01-03)")
         return _record(params, folder, root or Path.cwd())
 
     folder = Path(run_dir).expanduser().resolve()
@@ -634,7 +636,8 @@ def prepare_run(params_file: str | Path, run_dir: str | Path,
 
 def _record(params: Params, folder: Path, root: Path) -> tuple[Params, Path]:
     save_params(params, folder / "params.yaml")
-    _write_atomic(folder / "env.json", json.dumps(collect_env(root), indent=2) + "\n")
+    env = collect_env(root) | {"seeds": seeds_used(params)}
+    _write_atomic(folder / "env.json", json.dumps(env, indent=2) + "\n")
     for sub in RUN_SUBDIRS:
         (folder / sub).mkdir(exist_ok=True)
     return params, folder

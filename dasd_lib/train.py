@@ -26,8 +26,8 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from . import losses
-from .checkpoint import (CheckpointError, StaleStageError, check_record, fingerprint, load_state,
-                         make_record, read_meta, save_state)
+from .checkpoint import (CheckpointError, check_record, fingerprint, load_state,
+                         make_record, save_state)
 from .config import Params, StageConfig
 
 log = logging.getLogger("dasd_lib.train")
@@ -711,6 +711,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", required=True)
     parser.add_argument("--stage", required=True, help="vlp, cla (nlt) or cma (le)")
     parser.add_argument("-p", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--restart", action="store_true",
+                        help="train the stage from scratch even if the run folder holds one "
+                             "made from other inputs (otherwise refused, naming what differs)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     run_dir = Path(args.run_dir)
@@ -721,9 +724,9 @@ def main(argv: list[str] | None = None) -> int:
         save_params(params, run_dir / "params.yaml")
     stage = canonical_stage(args.stage)
     if stage == "vlp":
-        pipeline.source_vlp(params, run_dir)
+        pipeline.source_vlp(params, run_dir, restart=args.restart)
     else:
-        print(pipeline.train_stage_all(params, run_dir, stage).to_string())
+        print(pipeline.train_stage_all(params, run_dir, stage, restart=args.restart).to_string())
     return 0
 
 

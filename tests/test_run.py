@@ -268,3 +268,27 @@ def test_notebook_failed_message_names_everything():
     text = str(err)
     assert "03_train_cma.ipynb" in text and "cell 4" in text and "In [5]" in text
     assert "result = train(params)" in text and "ValueError: bad" in text
+
+
+def test_restart_stage_allows_changed_params_and_restarts_later_stages(project, calls, capsys):
+    kw = dict(notebooks_dir=project / "notebooks", reports_dir=project / "reports")
+    run_notebooks(project / "params" / "t.yaml", run_id="x", **kw)
+    calls.clear()
+    run = run_notebooks(project / "params" / "t.yaml", run_id="x", overrides=["cla.steps=9"],
+                        restart_stages=["cla"], **kw)  # implies --resume
+    restarted = {c["name"]: c["parameters"].get("restart", False) for c in calls}
+    assert restarted == {"00_write.ipynb": False, "01_second.ipynb": False,
+                         "02_fail.ipynb": True, "03_after.ipynb": True}
+    assert "cla.steps: 3 -> 9" in (run / "run.log").read_text()
+    assert yaml.safe_load((run / "params.yaml").read_text())["cla"]["steps"] == 9
+    assert main(args(project, "--run-id", "x", "--restart-stage", "clx")) == 2
+    assert "unknown stage 'clx'" in capsys.readouterr().err
+
+
+def test_failure_hint_lists_the_remaining_notebooks(project, calls, monkeypatch, capsys):
+    def failing(src, dst, *, parameters, cwd, log_output=False, progress=False):
+        if src.name.startswith("02"):
+            raise NotebookFailed(notebook=src.name, output_path=dst, ename="ValueError", evalue="x")
+    monkeypatch.setattr(runner, "execute_notebook", failing)
+    assert main(args(project, "--run-id", "y")) == 1
+    assert "--run-id y --resume --only 02,03" in capsys.readouterr().err
