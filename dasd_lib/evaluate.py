@@ -1,5 +1,6 @@
 """Evaluation: embed test captions with each method, rank the test images, write the
-comparison table (results.csv in long form, results.md)."""
+comparison table (results.csv in long form, results.md) and the differences between
+run.compare_to and every other method with paired-bootstrap intervals (comparisons.csv)."""
 from __future__ import annotations
 
 import logging
@@ -12,13 +13,19 @@ import torch
 import torch.nn.functional as F
 
 from .config import Params, SOURCE_LANG
-from .metrics import chance_sumr, kfold_recall_metrics
+from .metrics import (bootstrap_weights, chance_sumr, paired_differences, recall_metrics_and_hits,
+                      sumr_replicates)
+from .report import COMPARISONS_FILE, headline_rows, seed_summary, write_results_markdown
 
 log = logging.getLogger("dasd_lib.evaluate")
 
 RESULT_COLUMNS = ["setting", "method", "variant", "lang", "seed", "i2t_R1", "i2t_R5", "i2t_R10",
                   "t2i_R1", "t2i_R5", "t2i_R10", "SumR", "AR", "i2t_medr", "t2i_medr",
                   "i2t_meanr", "t2i_meanr", "n_images", "n_captions", "trainable_params"]
+COMPARISON_COLUMNS = ["setting", "variant", "lang", "method", "baseline", "diff_SumR", "ci_low",
+                      "ci_high", "significant", "SumR", "SumR_baseline", "n_seeds", "n_images",
+                      "n_boot"]
+SCORE_KEYS = ["setting", "method", "seed", "lang", "variant"]
 
 
 @dataclass
@@ -71,9 +78,12 @@ def unique_images(test: pd.DataFrame) -> pd.DataFrame:
     return test.drop_duplicates("image_id")[["image_id", "image_path"]].reset_index(drop=True)
 
 
-def score_captions(text_emb, captions: pd.DataFrame, image_ids: list[str], image_emb,
-                   kfold: int = 0) -> dict:
-    """Metrics for caption rows (with image_id) against the image set (in image_ids order)."""
+def score_captions_with_hits(text_emb, captions: pd.DataFrame, image_ids: list[str], image_emb,
+                             kfold: int = 0) -> tuple[dict, np.ndarray]:
+    """score_captions' metrics and the per-image hit counts of the same ranks
+    (metrics.per_image_hits), indexed like `image_ids`: images without captions in this set
+    are left out of the gallery and have zero counts, so hit arrays of every language and
+    method line up for the paired bootstrap."""
     index = {i: n for n, i in enumerate(image_ids)}
     caption_image = np.array([index[i] for i in captions.image_id])
     keep = np.unique(caption_image)
@@ -81,8 +91,16 @@ def score_captions(text_emb, captions: pd.DataFrame, image_ids: list[str], image
         remap = {old: new for new, old in enumerate(keep)}
         image_emb = np.asarray(image_emb)[keep]
         caption_image = np.array([remap[c] for c in caption_image])
-    metrics = kfold_recall_metrics(similarity(text_emb, image_emb), caption_image, kfold)
-    return metrics | {"n_images": int(len(keep)), "n_captions": int(len(captions))}
+    metrics, hits = recall_metrics_and_hits(similarity(text_emb, image_emb), caption_image, kfold)
+    all_images = np.zeros((len(image_ids), *hits.shape[1:]))
+    all_images[keep] = hits
+    return metrics | {"n_images": int(len(keep)), "n_captions": int(len(captions))}, all_images
+
+
+def score_captions(text_emb, captions: pd.DataFrame, image_ids: list[str], image_emb,
+                   kfold: int = 0) -> dict:
+    """Metrics for caption rows (with image_id) against the image set (in image_ids order)."""
+    return score_captions_with_hits(text_emb, captions, image_ids, image_emb, kfold)[0]
 
 
 def kfold_for(params: Params, lang: str) -> int:
@@ -114,7 +132,8 @@ def english_oracle(params: Params, run_dir, *, backbone=None, setting: str = "fi
 
 def evaluate_run(params: Params, run_dir, *, write: bool = True) -> pd.DataFrame:
     """Every (setting, method, seed, target language, test variant) of the run, in long
-    form; the oracle is reported once per seed list under lang 'en'."""
+    form; the oracle is reported once per seed list under lang 'en'. With `write`:
+    results.csv, comparisons.csv (compare_methods on the same ranks) and results.md."""
     from .model import METHODS
     from .pipeline import cache_dir, get_backbone, load_trained_model, test_table
     from .train import frozen_features, resolve_device
@@ -124,7 +143,7 @@ def evaluate_run(params: Params, run_dir, *, write: bool = True) -> pd.DataFrame
     test = test_table(params)
     images = unique_images(test)
     image_ids = images.image_id.tolist()
-    rows = []
+    rows, scored, hits = [], [], []
     for setting in params.run.settings:
         backbone = get_backbone(params, run_dir, setting)
         feats = frozen_features(backbone, test, image_size=params.data.image_size,
@@ -141,7 +160,7 @@ def evaluate_run(params: Params, run_dir, *, write: bool = True) -> pd.DataFrame
                                        image_ids, image_emb, kfold_for(params, SOURCE_LANG))
                     rows.append(base | {"variant": "native", "lang": SOURCE_LANG,
                                         "trainable_params": 0} | m)
-                    continue
+                    continue  # no hits kept: scored on English, it is no baseline for targets
                 model = load_trained_model(params, run_dir, setting, method, seed).to(device)
                 n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad) if spec.trained else 0
                 for lang in params.data.langs:
@@ -151,27 +170,69 @@ def evaluate_run(params: Params, run_dir, *, write: bool = True) -> pd.DataFrame
                             continue
                         emb = embed_target(model, backbone, caps.caption.tolist(), lang, device=device,
                                            batch_size=params.run.eval_batch_size)
-                        m = score_captions(emb.r_T, caps, image_ids, image_emb, kfold_for(params, lang))
+                        m, h = score_captions_with_hits(emb.r_T, caps, image_ids, image_emb,
+                                                        kfold_for(params, lang))
                         rows.append(base | {"variant": variant, "lang": lang,
                                             "trainable_params": n_trainable} | m)
+                        scored.append(base | {"variant": variant, "lang": lang})
+                        hits.append(h)
     frame = pd.DataFrame(rows)
     frame = frame[[c for c in RESULT_COLUMNS if c in frame] +
                   [c for c in frame if c not in RESULT_COLUMNS and "@" not in c]]
     if write:
-        from .report import results_markdown
+        comparisons = compare_methods(pd.DataFrame(scored, columns=SCORE_KEYS), hits,
+                                      compare_to=params.run.compare_to,
+                                      n_boot=params.run.bootstrap_samples,
+                                      seed=params.run.bootstrap_seed)
         frame.to_csv(run_dir / "results.csv", index=False)
-        (run_dir / "results.md").write_text(results_markdown(frame), encoding="utf-8")
+        comparisons.to_csv(run_dir / COMPARISONS_FILE, index=False)
+        write_results_markdown(run_dir)
     return frame
 
 
+def compare_methods(scored: pd.DataFrame, hits: list[np.ndarray], *, compare_to: str = "dasd",
+                    n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """SumR differences `compare_to` - every other method, per setting and variant, per
+    target language and averaged over them ('avg'), with paired-bootstrap 95 % intervals.
+
+    scored: one row per hit array (columns setting, method, seed, lang, variant); hits:
+    per_image_hits arrays over the same test images. Every replicate reweights the test
+    images by one set of draws (bootstrap_weights(n_images, n_boot, seed)) shared by every
+    method, language and seed. Columns: COMPARISON_COLUMNS. A setting without `compare_to`
+    is skipped with a logged note."""
+    if not hits:
+        return pd.DataFrame(columns=COMPARISON_COLUMNS)
+    n_images = hits[0].shape[0]
+    weights = np.vstack([np.ones((1, n_images)),  # row 0: the full test set
+                         bootstrap_weights(n_images, max(0, int(n_boot)), seed)])
+    sumr = pd.DataFrame(sumr_replicates(weights, hits).T,
+                        index=pd.MultiIndex.from_frame(scored[SCORE_KEYS].astype({"seed": int})))
+    parts = []
+    for setting, in_setting in sumr.groupby(level="setting", sort=False):
+        methods = list(dict.fromkeys(in_setting.index.get_level_values("method")))
+        if compare_to not in methods:
+            log.info("no comparisons in setting %s: run.compare_to=%s is not among its "
+                     "methods %s", setting, compare_to, methods)
+            continue
+        for variant, part in in_setting.groupby(level="variant", sort=False):
+            part = part.droplevel(["setting", "variant"]).reorder_levels(["method", "lang", "seed"])
+            present = set(part.index.get_level_values("method"))
+            for baseline in methods:
+                if baseline == compare_to or baseline not in present or compare_to not in present:
+                    continue
+                parts.append(paired_differences(part, compare_to, baseline).assign(
+                    setting=setting, variant=variant, method=compare_to, baseline=baseline))
+    if not parts:
+        return pd.DataFrame(columns=COMPARISON_COLUMNS)
+    out = pd.concat(parts, ignore_index=True).assign(n_images=n_images, n_boot=max(0, int(n_boot)))
+    return out[COMPARISON_COLUMNS]
+
+
 def summary_table(results: pd.DataFrame, variant: str = "native") -> pd.DataFrame:
-    """SumR per setting and method, averaged over target languages (the oracle: English),
-    mean and std over seeds."""
-    sub = results[results.variant == variant]
-    per_seed = sub.groupby(["setting", "method", "seed"], sort=False).agg(
-        SumR=("SumR", "mean"), t2i_R1=("t2i_R1", "mean"), i2t_R1=("i2t_R1", "mean"),
-        trainable_params=("trainable_params", "first")).reset_index()
-    return per_seed.groupby(["setting", "method"], sort=False).agg(
-        SumR=("SumR", "mean"), SumR_std=("SumR", "std"), t2i_R1=("t2i_R1", "mean"),
-        i2t_R1=("i2t_R1", "mean"), seeds=("seed", "count"),
-        trainable_params=("trainable_params", "first")).reset_index()
+    """SumR per setting and method, averaged over target languages (the oracle: English):
+    mean, sample std and 95 % t-interval over seeds (report.seed_summary, which the
+    report's tables use too), with R@1 both ways and the trainable parameters."""
+    summary = headline_rows(seed_summary(results, ["SumR", "t2i_R1", "i2t_R1"]))
+    summary = summary[summary["variant"] == variant]
+    return summary[["setting", "method", "SumR", "SumR_std", "SumR_ci_low", "SumR_ci_high",
+                    "t2i_R1", "i2t_R1", "seeds", "trainable_params"]].reset_index(drop=True)

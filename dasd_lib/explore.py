@@ -334,29 +334,30 @@ def plot_discriminator(losses: pd.DataFrame, stage: str):
 
 def plot_sumr_bars(results: pd.DataFrame):
     """SumR per method (mean over target languages; the oracle: English), one panel per
-    setting, bars for native and MT-style (mt_clean) test captions; error bars: std over
-    seeds where there are several."""
+    setting, bars for native and MT-style (mt_clean) test captions; error bars: the 95 %
+    t-interval over seeds where there are several (report.seed_summary)."""
     import matplotlib.pyplot as plt
-    settings = list(dict.fromkeys(results["setting"]))
-    variants = [v for v in (*VARIANTS, *sorted(set(results["variant"]) - set(VARIANTS)))
-                if v in set(results["variant"])]
-    fig, axes = plt.subplots(len(settings), 1, figsize=(max(6, 0.9 * results["method"].nunique() + 2),
+    from .report import headline_rows, seed_summary
+    summary = headline_rows(seed_summary(results))
+    settings = list(dict.fromkeys(summary["setting"]))
+    variants = [v for v in (*VARIANTS, *sorted(set(summary["variant"]) - set(VARIANTS)))
+                if v in set(summary["variant"])]
+    fig, axes = plt.subplots(len(settings), 1, figsize=(max(6, 0.9 * summary["method"].nunique() + 2),
                                                         3.2 * len(settings)), squeeze=False)
     colours = dict(zip(variants, _palette(len(variants))))
     for ax, setting in zip(axes[:, 0], settings):
-        part = results[results["setting"] == setting]
+        part = summary[summary["setting"] == setting]
         methods = list(dict.fromkeys(part["method"]))
         x = np.arange(len(methods))
         width = 0.8 / max(1, len(variants))
         for k, variant in enumerate(variants):
-            sub = part[part["variant"] == variant]
-            per_seed = sub.groupby(["method", "seed"])["SumR"].mean()
-            mean = per_seed.groupby(level=0).mean().reindex(methods)
-            std = per_seed.groupby(level=0).std().reindex(methods)
+            sub = part[part["variant"] == variant].set_index("method").reindex(methods)
+            mean = sub["SumR"].to_numpy(float)
+            half = (sub["SumR_ci_high"] - sub["SumR"]).fillna(0).to_numpy(float)
             pos = x + (k - (len(variants) - 1) / 2) * width
-            bars = ax.bar(pos, mean.to_numpy(), width, yerr=std.fillna(0).to_numpy(),
-                          color=colours[variant], label=variant, capsize=2)
-            for b, v in zip(bars, mean.to_numpy()):
+            bars = ax.bar(pos, mean, width, yerr=half, color=colours[variant], label=variant,
+                          capsize=2)
+            for b, v in zip(bars, mean):
                 if np.isfinite(v):
                     ax.text(b.get_x() + b.get_width() / 2, v, f"{v:.0f}", ha="center",
                             va="bottom", fontsize=6)
@@ -370,16 +371,18 @@ def plot_sumr_bars(results: pd.DataFrame):
 
 
 def per_language_table(results: pd.DataFrame, setting: str, variant: str = "native") -> pd.DataFrame:
-    """Method x language SumR (mean over seeds) for one setting and test variant."""
-    sub = results[(results["setting"] == setting) & (results["variant"] == variant)]
+    """Method x language SumR (mean over seeds; 'avg' over target languages) for one
+    setting and test variant, from report.seed_summary like the report's tables."""
+    from .report import seed_summary
+    summary = seed_summary(results)
+    sub = summary[(summary["setting"] == setting) & (summary["variant"] == variant)]
     if sub.empty:
         return pd.DataFrame()
-    table = sub.pivot_table(index="method", columns="lang", values="SumR", aggfunc="mean",
+    table = sub.pivot_table(index="method", columns="lang", values="SumR", aggfunc="first",
                             sort=False)
     langs = [lang for lang in [SOURCE_LANG, "de", "fr", "cs", "ja", "zh"] if lang in table.columns]
-    table = table[langs + [c for c in table.columns if c not in langs]]
-    targets = [c for c in table.columns if c != SOURCE_LANG]
-    table["avg"] = table[targets].mean(axis=1)
+    others = [c for c in table.columns if c not in langs and c != "avg"]
+    table = table.reindex(columns=[*langs, *others, "avg"])  # avg NaN for the English-only oracle
     return table.round(1).reset_index().rename_axis(None, axis=1)
 
 
@@ -387,11 +390,14 @@ def style_gap(results: pd.DataFrame) -> pd.DataFrame:
     """SumR (mean over target languages and seeds) on native and on MT-style (mt_clean) test
     captions per setting and method, and the gap: how much a method loses when captions
     are written natively rather than in the translator's style."""
-    sub = results[(results["lang"] != SOURCE_LANG) & results["variant"].isin(VARIANTS)]
+    from .report import seed_summary
+    summary = seed_summary(results)
+    sub = summary[(summary["lang"] == "avg") & summary["variant"].isin(VARIANTS)]
     if sub.empty:
         return pd.DataFrame()
     table = sub.pivot_table(index=["setting", "method"], columns="variant", values="SumR",
-                            aggfunc="mean", sort=False)
+                            aggfunc="first", sort=False)
+    table = table[[v for v in VARIANTS if v in table.columns]]
     if {"native", "mt_clean"} <= set(table.columns):
         table["gap (mt_clean - native)"] = table["mt_clean"] - table["native"]
     return table.round(1).reset_index().rename_axis(None, axis=1)
@@ -421,6 +427,52 @@ def plot_language_heatmap(results: pd.DataFrame, variant: str = "native"):
                             color="white" if values[i, j] < np.nanmean(values) else "black")
         ax.set_title(f"{setting} · {variant}: SumR", fontsize=10)
         fig.colorbar(im, ax=ax, fraction=0.05)
+    fig.tight_layout()
+    return fig
+
+
+def plot_differences(comparisons: pd.DataFrame | None):
+    """SumR difference (compare_to - baseline, mean over target languages) with its
+    paired-bootstrap 95 % interval, one panel per setting, a row per baseline and a marker
+    per test variant; hollow markers: the interval includes 0 (not significant)."""
+    import matplotlib.pyplot as plt
+    if comparisons is None or not (comparisons["lang"] == "avg").any():
+        fig, ax = plt.subplots(figsize=(5, 2))
+        _empty(ax, "no method comparisons in this run")
+        return fig
+    avg = comparisons[comparisons["lang"] == "avg"]
+    settings = list(dict.fromkeys(avg["setting"]))
+    rows = max(avg.groupby("setting")["baseline"].nunique())
+    fig, axes = plt.subplots(1, len(settings), figsize=(4.8 * len(settings), 0.45 * rows + 1.8),
+                             squeeze=False)
+    variants = list(dict.fromkeys(avg["variant"]))
+    colours = dict(zip(variants, _palette(len(variants))))
+    for ax, setting in zip(axes[0], settings):
+        part = avg[avg["setting"] == setting]
+        baselines = list(dict.fromkeys(part["baseline"]))
+        y = np.arange(len(baselines))
+        for k, variant in enumerate(variants):
+            sub = part[part["variant"] == variant].set_index("baseline").reindex(baselines)
+            diff = sub["diff_SumR"].to_numpy(float)
+            err = np.vstack([diff - sub["ci_low"].to_numpy(float),
+                             sub["ci_high"].to_numpy(float) - diff])
+            pos = y + (k - (len(variants) - 1) / 2) * 0.25
+            ax.errorbar(diff, pos, xerr=np.nan_to_num(err), fmt="none", ecolor=colours[variant],
+                        capsize=3)
+            significant = sub["significant"].astype(str).str.lower().eq("true").to_numpy()
+            ax.scatter(diff[significant], pos[significant], color=colours[variant], zorder=3,
+                       label=variant if significant.any() else None)
+            ax.scatter(diff[~significant], pos[~significant], facecolors="white",
+                       edgecolors=colours[variant], zorder=3,
+                       label=f"{variant} (n.s.)" if (~significant).any() else None)
+        ax.axvline(0, color="0.5", linewidth=0.8)
+        ax.set_yticks(y, baselines, fontsize=8)
+        ax.invert_yaxis()
+        method = part["method"].iloc[0]
+        ax.set_xlabel(f"SumR difference, {method} - baseline")
+        ax.set_title(f"{setting}: mean over target languages, 95 % bootstrap interval",
+                     fontsize=9)
+        ax.legend(fontsize=7, title="test captions", title_fontsize=7)
     fig.tight_layout()
     return fig
 

@@ -1,13 +1,15 @@
 """The run report: results tables as markdown, and report.html built without executing code.
 
 `write_report(run_dir)` assembles a notebook in memory (markdown cells and display_data
-outputs only) from what the run folder holds - results.csv / results.md, probes.csv,
-figures/*.png, params.yaml, env.json, timings.json - and exports it with nbconvert's
+outputs only) from what the run folder holds - results.csv / results.md, comparisons.csv,
+probes.csv, figures/*.png, params.yaml, env.json, timings.json - and exports it with nbconvert's
 HTMLExporter with code input excluded. A missing piece is noted in the report.
 
 results.csv is long form, one row per (setting, [variant,] method, lang, seed):
     setting, method, lang, seed, i2t_R1, i2t_R5, i2t_R10, t2i_R1, t2i_R5, t2i_R10,
     SumR, AR, trainable_params [, variant]
+comparisons.csv (evaluate.compare_methods) one row per (setting, variant, baseline, lang):
+    the SumR difference run.compare_to - baseline and its paired-bootstrap interval.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from .config import SOURCE_LANG, TARGET_LANGS
+from .metrics import t_halfwidth
 
 METRICS = ["i2t_R1", "i2t_R5", "i2t_R10", "t2i_R1", "t2i_R5", "t2i_R10", "SumR", "AR"]
 AVG_COLUMN = "avg"
@@ -34,15 +37,6 @@ def _ordered(values: pd.Series, known: list[str]) -> list[str]:
     """Unique values, the `known` ones first in that order, then the rest as they appear."""
     seen = list(dict.fromkeys(str(v) for v in values))
     return [v for v in known if v in seen] + [v for v in seen if v not in known]
-
-
-def _mean_std(values: np.ndarray) -> str:
-    values = values[~np.isnan(values)]
-    if values.size == 0:
-        return "–"
-    if values.size == 1:
-        return f"{values[0]:.1f}"
-    return f"{values.mean():.1f} ± {values.std(ddof=1):.1f}"  # sample std over seeds
 
 
 def _count(value: Any) -> str:
@@ -69,41 +63,163 @@ def _normalise(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+SETTING_ORDER = ["finetune", "zeroshot"]
+VARIANT_ORDER = ["native", "mt_clean", "mt"]
+SUMMARY_KEYS = ["setting", "variant", "method", "lang"]
+
+
+def seed_summary(results: pd.DataFrame, metrics: list[str] | tuple[str, ...] = ("SumR",)) -> pd.DataFrame:
+    """The one aggregation behind every results table (results.md, report.html, notebook 04):
+    a row per (setting, variant, method, lang) with the mean over seeds of each metric, and
+    for SumR the sample std over seeds (SumR_std), the 95 % t-interval of the mean
+    (SumR_ci_low, SumR_ci_high; NaN for one seed) and the number of seeds (`seeds`), plus
+    trainable_params. lang 'avg' is the mean over target languages, taken per seed before
+    the spread over seeds; a method scored only on English (the oracle) has no 'avg' row.
+    Rows are ordered by setting, variant, method (as listed) and language."""
+    df = _normalise(results)
+    metrics = list(dict.fromkeys(["SumR", *(m for m in metrics if m in df.columns)]))
+    for col in metrics:
+        df[col] = pd.to_numeric(df[col], errors="coerce")
+    if "trainable_params" not in df.columns:
+        df["trainable_params"] = np.nan
+    method_keys = ["setting", "variant", "method"]
+    per_seed_agg = {**{m: (m, "mean") for m in metrics},
+                    "trainable_params": ("trainable_params", "first")}
+    per_seed = df.groupby([*method_keys, "lang", "seed"], sort=False).agg(**per_seed_agg).reset_index()
+    targets = per_seed[per_seed["lang"] != SOURCE_LANG]
+    averages = (targets.groupby([*method_keys, "seed"], sort=False).agg(**per_seed_agg)
+                .reset_index().assign(lang=AVG_COLUMN))
+    per_seed = pd.concat([per_seed, averages], ignore_index=True)
+    out = per_seed.groupby(SUMMARY_KEYS, sort=False).agg(
+        **{m: (m, "mean") for m in metrics}, SumR_std=("SumR", "std"), seeds=("SumR", "count"),
+        trainable_params=("trainable_params", "first")).reset_index()
+    half = t_halfwidth(out["SumR_std"].to_numpy(), out["seeds"].to_numpy())
+    out.insert(out.columns.get_loc("SumR_std") + 1, "SumR_ci_low", out["SumR"] - half)
+    out.insert(out.columns.get_loc("SumR_ci_low") + 1, "SumR_ci_high", out["SumR"] + half)
+    order = {"setting": _ordered(out["setting"], SETTING_ORDER),
+             "variant": _ordered(out["variant"], VARIANT_ORDER),
+             "method": _ordered(out["method"], []),
+             "lang": _ordered(out["lang"], [SOURCE_LANG, *TARGET_LANGS, AVG_COLUMN])}
+    if AVG_COLUMN in order["lang"]:  # the average after every language
+        order["lang"] = [lang for lang in order["lang"] if lang != AVG_COLUMN] + [AVG_COLUMN]
+    rank = {k: {v: i for i, v in enumerate(vs)} for k, vs in order.items()}
+    out = out.sort_values(SUMMARY_KEYS, key=lambda col: col.map(rank[col.name]), kind="stable")
+    return out.reset_index(drop=True)
+
+
+def headline_rows(summary: pd.DataFrame) -> pd.DataFrame:
+    """The headline row of each (setting, variant, method) of a seed_summary: its 'avg'
+    over target languages, or its English row when it has no target languages (oracle)."""
+    has_avg = summary["lang"].eq(AVG_COLUMN).groupby(
+        [summary["setting"], summary["variant"], summary["method"]], sort=False).transform("any")
+    return summary[summary["lang"].eq(AVG_COLUMN) |
+                   (summary["lang"].eq(SOURCE_LANG) & ~has_avg)].reset_index(drop=True)
+
+
+def _seed_cell(row) -> str:
+    """'mean', or 'mean ± std [ci_low, ci_high]' over several seeds; '–' when missing."""
+    if row is None or not np.isfinite(row.SumR):
+        return "–"
+    if row.seeds < 2:
+        return f"{row.SumR:.1f}"
+    return f"{row.SumR:.1f} ± {row.SumR_std:.1f} [{row.SumR_ci_low:.1f}, {row.SumR_ci_high:.1f}]"
+
+
 def summary_tables(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     """One table per setting (and variant): a row per method, SumR per language and the
-    average over target languages (mean ± sample std over seeds when several), and the
-    trainable parameter count. Cells are formatted strings; titles like 'finetune · native'."""
-    df = _normalise(df)
+    average over target languages (mean ± sample std [95 % t-interval] over seeds when
+    several), and the trainable parameter count. Cells are formatted strings; titles like
+    'finetune · native'."""
+    summary = seed_summary(df)
     tables = []
-    for setting in _ordered(df["setting"], ["finetune", "zeroshot"]):
-        part = df[df["setting"] == setting]
-        for variant in _ordered(part["variant"], ["native", "mt_clean", "mt"]):
-            sub = part[part["variant"] == variant]
-            langs = _ordered(sub["lang"], [SOURCE_LANG, *TARGET_LANGS])
-            targets = [lang for lang in langs if lang != SOURCE_LANG]
-            rows = []
-            for method in dict.fromkeys(sub["method"]):
-                m = sub[sub["method"] == method]
-                row = {"method": method}
-                for lang in langs:
-                    row[lang] = _mean_std(m.loc[m["lang"] == lang, "SumR"].to_numpy(float))
-                # average over target languages per seed first, so the spread is over seeds
-                per_seed = m[m["lang"].isin(targets)].groupby("seed", sort=True)["SumR"].mean()
-                row[AVG_COLUMN] = _mean_std(per_seed.to_numpy(float))
-                tp = m["trainable_params"].dropna() if "trainable_params" in m.columns else []
-                row[PARAMS_COLUMN] = _count(tp.iloc[0]) if len(tp) else "–"
-                rows.append(row)
-            title = f"{setting} · {variant}" if variant else setting
-            tables.append((title, pd.DataFrame(rows, columns=["method", *langs, AVG_COLUMN,
-                                                              PARAMS_COLUMN])))
+    for (setting, variant), sub in summary.groupby(["setting", "variant"], sort=False):
+        langs = [lang for lang in _ordered(sub["lang"], [SOURCE_LANG, *TARGET_LANGS])
+                 if lang != AVG_COLUMN]
+        cells = {(r.method, r.lang): r for r in sub.itertuples(index=False)}
+        rows = []
+        for method, part in sub.groupby("method", sort=False):
+            row = {"method": method}
+            for lang in [*langs, AVG_COLUMN]:
+                row[lang] = _seed_cell(cells.get((method, lang)))
+            params = part["trainable_params"].dropna()
+            row[PARAMS_COLUMN] = _count(params.iloc[0]) if len(params) else "–"
+            rows.append(row)
+        title = f"{setting} · {variant}" if variant else setting
+        tables.append((title, pd.DataFrame(rows, columns=["method", *langs, AVG_COLUMN,
+                                                          PARAMS_COLUMN])))
     return tables
 
 
 def _seed_note(df: pd.DataFrame) -> str:
     n = df["seed"].nunique() if "seed" in df.columns else 1
-    spread = f"mean ± std over {n} seeds" if n > 1 else "1 seed"
+    spread = (f"mean ± std [95 % t-interval of the mean] over {n} seeds" if n > 1
+              else "1 seed")
     return (f"SumR (sum of R@1/5/10 both ways, max 600) per language; `{AVG_COLUMN}` is the "
             f"mean over target languages; {spread}.")
+
+
+# ----------------------------------------------------------------------------- differences
+
+COMPARISONS_FILE = "comparisons.csv"
+
+
+def read_comparisons(run_dir: str | Path) -> pd.DataFrame | None:
+    """run_dir/comparisons.csv (evaluate.compare_methods' table), None when absent."""
+    path = Path(run_dir) / COMPARISONS_FILE
+    return pd.read_csv(path) if path.is_file() else None
+
+
+def differences_note(comparisons: pd.DataFrame | None) -> str:
+    """One paragraph saying how the difference intervals were made."""
+    if comparisons is None or comparisons.empty:
+        return "_No method comparisons in this run (run.compare_to is not among its methods)._"
+    n_boot = int(comparisons["n_boot"].max())
+    n_images = int(comparisons["n_images"].max())
+    if n_boot < 1:
+        return (f"SumR differences on the {n_images} test images; no bootstrap replicates "
+                "(run.bootstrap_samples = 0), so no intervals.")
+    return (f"SumR difference `method − baseline` on the full test set, with its 95 % "
+            f"percentile interval [low, high] from a paired bootstrap over the {n_images} test "
+            f"images ({n_boot} replicates; captions move with their image; every method, "
+            f"language and seed sees the same draws; `{AVG_COLUMN}`: per replicate, the mean "
+            f"over target languages of the seed-averaged differences). **n.s.**: the interval "
+            f"includes 0, not significant.")
+
+
+def _difference_cell(row) -> str:
+    if row is None or not np.isfinite(row.diff_SumR):
+        return "–"
+    if not (np.isfinite(row.ci_low) and np.isfinite(row.ci_high)):
+        return f"{row.diff_SumR:+.1f}"
+    mark = "" if _truthy(row.significant) else " n.s."
+    return f"{row.diff_SumR:+.1f} [{row.ci_low:+.1f}, {row.ci_high:+.1f}]{mark}"
+
+
+def _truthy(value: Any) -> bool:
+    return str(value).strip().lower() in ("true", "1", "1.0")
+
+
+def difference_tables(comparisons: pd.DataFrame | None) -> list[tuple[str, pd.DataFrame]]:
+    """One table per setting and variant: a row per baseline, the SumR difference (method −
+    baseline) averaged over target languages and per language, each cell
+    '+d [low, high]' with ' n.s.' where the interval includes 0. Titles like
+    'finetune · native: dasd − baseline'."""
+    if comparisons is None or comparisons.empty:
+        return []
+    comparisons = comparisons.astype({c: str for c in ("setting", "variant", "lang", "method",
+                                                        "baseline")})
+    tables = []
+    for (setting, variant, method), sub in comparisons.groupby(
+            ["setting", "variant", "method"], sort=False):
+        langs = [AVG_COLUMN] + [lang for lang in _ordered(sub["lang"], TARGET_LANGS)
+                                if lang != AVG_COLUMN]
+        cells = {(r.baseline, r.lang): r for r in sub.itertuples(index=False)}
+        rows = [{"baseline": baseline,
+                 **{lang: _difference_cell(cells.get((baseline, lang))) for lang in langs}}
+                for baseline in dict.fromkeys(sub["baseline"])]
+        title = f"{setting} · {variant}: {method} − baseline"
+        tables.append((title, pd.DataFrame(rows, columns=["baseline", *langs])))
+    return tables
 
 
 def _markdown_table(table: pd.DataFrame) -> str:
@@ -115,24 +231,31 @@ def _markdown_table(table: pd.DataFrame) -> str:
     return "\n".join([header, rule, *body])
 
 
-def results_markdown(df: pd.DataFrame) -> str:
-    """results.md: a heading and a markdown table per setting (and variant)."""
+def results_markdown(df: pd.DataFrame, comparisons: pd.DataFrame | None = None) -> str:
+    """results.md: a heading and a markdown table per setting (and variant), then the
+    differences with their bootstrap intervals when `comparisons` is given."""
     if df.empty:
         return "_No results yet._\n"
     parts = [_seed_note(df)]
     for title, table in summary_tables(df):
         parts += [f"### {title}", _markdown_table(table)]
+    if comparisons is not None:
+        parts += ["## Differences", differences_note(comparisons)]
+        for title, table in difference_tables(comparisons):
+            parts += [f"### {title}", _markdown_table(table)]
     return "\n\n".join(parts) + "\n"
 
 
 def write_results_markdown(run_dir: str | Path) -> Path | None:
-    """(Re)write run_dir/results.md from run_dir/results.csv; None when there is no csv."""
+    """(Re)write run_dir/results.md from run_dir/results.csv (and comparisons.csv when
+    there is one); None when there is no results.csv."""
     run_dir = Path(run_dir)
     csv = run_dir / "results.csv"
     if not csv.is_file():
         return None
     out = run_dir / "results.md"
-    out.write_text("# Results\n\n" + results_markdown(pd.read_csv(csv)), encoding="utf-8")
+    text = results_markdown(pd.read_csv(csv), read_comparisons(run_dir))
+    out.write_text("# Results\n\n" + text, encoding="utf-8")
     return out
 
 
@@ -184,25 +307,35 @@ def _results_cells(run_dir: Path) -> list:
             cells += [_md(f"### {title}"), _display(_html_table(table))]
         metrics = [c for c in METRICS if c in df.columns]
         if metrics:
-            full = _normalise(df)
-            for col in metrics:
-                full[col] = pd.to_numeric(full[col], errors="coerce")
-            keys = ["setting", "variant", "method", "lang"]
-            full = full.groupby(keys, sort=False)[metrics].mean().reset_index()
-            # the summary tables' order: setting, variant, then methods and languages as listed
-            order = {k: {v: i for i, v in enumerate(_ordered(full[k], known))} for k, known in (
-                ("setting", ["finetune", "zeroshot"]), ("variant", ["native", "mt_clean", "mt"]),
-                ("method", []), ("lang", [SOURCE_LANG, *TARGET_LANGS]))}
-            full = full.sort_values(keys, key=lambda col: col.map(order[col.name]), kind="stable")
+            full = seed_summary(df, metrics)
+            full = full[full["lang"] != AVG_COLUMN][[*SUMMARY_KEYS, *metrics]]
             if not (full["variant"] != "").any():
                 full = full.drop(columns="variant")
             n = df["seed"].nunique() if "seed" in df.columns else 1
             fold = f"All metrics per language (recall in %, mean over {n} seed{'s' * (n > 1)})"
             cells.append(_display(_html_table(full, fold=fold)))
+        cells += _difference_cells(run_dir)
     elif md.is_file():
         cells.append(_md(md.read_text(encoding="utf-8")))
     else:
         cells.append(_md("_No results.csv in this run yet (notebook 04_evaluate writes it)._"))
+    return cells
+
+
+def _difference_cells(run_dir: Path) -> list:
+    try:
+        comparisons = read_comparisons(run_dir)
+    except (ValueError, pd.errors.ParserError) as err:
+        return [_md("### Differences"), _md(f"_comparisons.csv could not be read: {err}_")]
+    if comparisons is None:
+        return []
+    cells = [_md("### Differences"), _md(differences_note(comparisons))]
+    try:
+        tables = difference_tables(comparisons)
+    except (KeyError, AttributeError, ValueError) as err:
+        return cells + [_md(f"_comparisons.csv lacks what the table needs: {err}_")]
+    for title, table in tables:
+        cells += [_md(f"#### {title}"), _display(_html_table(table))]
     return cells
 
 

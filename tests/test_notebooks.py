@@ -52,6 +52,13 @@ def test_report_holds_results_and_probes(smoke_run_dir):
     assert "<td>" in html and "data:image/png;base64" in html  # tables and embedded figures
     assert "In&nbsp;[" not in html and "prepare_run" not in html  # no code cells
     assert (run_dir / "results.md").read_text(encoding="utf-8").count("| dasd |") >= 1
+    # the paired-bootstrap differences: comparisons.csv, its tables in results.md and the report
+    comparisons = pd.read_csv(run_dir / "comparisons.csv")
+    assert {"lang", "baseline", "diff_SumR", "ci_low", "ci_high", "significant"} <= set(comparisons.columns)
+    assert set(comparisons.baseline) == set(params.run.methods["finetune"]) - {"dasd", "oracle"}
+    assert (comparisons.ci_low <= comparisons.ci_high).all()
+    assert "## Differences" in (run_dir / "results.md").read_text(encoding="utf-8")
+    assert "dasd − baseline" in html and "replicates" in html
 
 
 def test_results_csv_has_every_method(smoke_run_dir):
@@ -84,8 +91,25 @@ def test_figures_were_saved(smoke_run_dir):
     names = {p.stem for p in (run_dir / "figures").glob("*.png")}
     expected = {"00_sample_images", "00_style_shares", "00_token_coverage", "01_vlp_loss",
                 "02_cla_losses", "02_cla_discriminator", "03_cma_losses", "04_sumr_by_method",
-                "04_sumr_by_language", "05_probes", "05_wz_variation", "05_wz_examples",
+                "04_sumr_by_language", "04_differences", "05_probes", "05_wz_variation", "05_wz_examples",
                 "05_search_example", *(f"05_umap_{m}" for m in params.explore.umap_methods)}
     assert expected <= names, f"missing figures: {sorted(expected - names)}"
     for path in (run_dir / "figures").glob("*.png"):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 2000
+
+
+def test_same_parameters_give_byte_identical_results(smoke_run_dir):
+    """A second run of the same parameter file and overrides into another run folder (the
+    corpus is reused, every model is retrained) writes the same bytes."""
+    run_dir, _ = smoke_run_dir
+    tmp = run_dir.parents[1]
+    overrides = [f"data.root={tmp / 'dataset'}", f"web.root={tmp / 'dataset'}",
+                 f"run.reports_dir={tmp / 'reports'}", "run.device=cpu"]
+    again = run_notebooks(SMOKE, run_id="smoke-again", overrides=overrides, only="00,01,02,03,04,05",
+                          notebooks_dir=ROOT / "notebooks", command=["pytest", "smoke-again"])
+    for name in ("results.csv", "probes.csv", "comparisons.csv", "vlp_english_test.json"):
+        if name == "comparisons.csv" and not (run_dir / name).exists():
+            continue
+        assert (again / name).read_bytes() == (run_dir / name).read_bytes(), name
+    seeds = json.loads((again / "env.json").read_text())["seeds"]
+    assert any(k.startswith("run.vlp_seed") for k in seeds)

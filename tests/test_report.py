@@ -10,9 +10,13 @@ import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy import stats
 
 from dasd_lib.config import load_params, save_params
-from dasd_lib.report import results_markdown, summary_tables, write_report
+from dasd_lib.evaluate import summary_table
+from dasd_lib.explore import per_language_table
+from dasd_lib.report import (difference_tables, results_markdown, seed_summary, summary_tables,
+                             write_report)
 
 RECALLS = ["i2t_R1", "i2t_R5", "i2t_R10", "t2i_R1", "t2i_R5", "t2i_R10"]
 
@@ -93,10 +97,12 @@ def test_results_markdown_two_seeds_mean_std_and_variants():
                         ("dasd", "de", 0): 420.0, ("dasd", "de", 1): 420.0,
                         ("dasd", "zh", 0): 330.0, ("dasd", "zh", 1): 350.0})
     md = results_markdown(df)
-    assert "mean ± std over 2 seeds" in md
+    assert "mean ± std [95 % t-interval of the mean] over 2 seeds" in md
     static = next(line for line in md.splitlines() if line.startswith("| static"))
-    # de: mean 405, sample std 7.1; avg per seed (350, 365) -> 357.5 ± 10.6
-    assert "405.0 ± 7.1" in static and "310.0 ± 14.1" in static and "357.5 ± 10.6" in static
+    # de: mean 405, sample std 7.07, half-width t_{0.975,1} 12.706 x 7.07 / sqrt 2 = 63.5;
+    # avg per seed (350, 365) -> 357.5 ± 10.6, half-width 12.706 x 10.61 / sqrt 2 = 95.3
+    assert "405.0 ± 7.1 [341.5, 468.5]" in static and "310.0 ± 14.1 [" in static
+    assert "357.5 ± 10.6 [262.2, 452.8]" in static
     assert "89,000" in static
     assert "| method | de | zh | avg | trainable params |" in md
 
@@ -114,6 +120,66 @@ def test_results_markdown_two_seeds_mean_std_and_variants():
 def test_results_markdown_mean_matches_numpy(values):
     df = results_frame({("dasd", "fr", seed): v for seed, v in enumerate(values)})
     row = next(line for line in results_markdown(df).splitlines() if line.startswith("| dasd"))
-    mean, std = (float(x) for x in re.search(r"\| ([\d.]+) ± ([\d.]+) \|", row).groups())
+    found = re.search(r"\| ([\d.]+) ± ([\d.]+) \[(-?[\d.]+), (-?[\d.]+)\] \|", row)
+    mean, std, low, high = (float(x) for x in found.groups())
     assert mean == pytest.approx(np.mean(values), abs=0.051)
     assert std == pytest.approx(np.std(values, ddof=1), abs=0.051)
+    half = stats.t.ppf(0.975, len(values) - 1) * np.std(values, ddof=1) / np.sqrt(len(values))
+    assert low == pytest.approx(np.mean(values) - half, abs=0.051)
+    assert high == pytest.approx(np.mean(values) + half, abs=0.051)
+
+
+def comparisons_frame() -> pd.DataFrame:
+    """A comparisons.csv as evaluate.compare_methods writes it: dasd against static (better
+    on average, the interval above 0) and floor, zh not significant against static."""
+    rows = [("static", "avg", 12.3, 4.1, 20.5), ("static", "de", 32.5, 20.0, 45.0),
+            ("static", "zh", -8.0, -30.0, 14.0), ("floor", "avg", 390.0, 380.0, 400.0),
+            ("floor", "de", 420.0, 405.0, 435.0), ("floor", "zh", 360.0, 345.0, 375.0)]
+    return pd.DataFrame([{"setting": "finetune", "variant": "native", "lang": lang,
+                          "method": "dasd", "baseline": baseline, "diff_SumR": d, "ci_low": lo,
+                          "ci_high": hi, "significant": lo > 0 or hi < 0, "SumR": 400.0,
+                          "SumR_baseline": 400.0 - d, "n_seeds": 1, "n_images": 32,
+                          "n_boot": 1000} for baseline, lang, d, lo, hi in rows])
+
+
+def test_differences_table_in_results_md_and_report(run_dir):
+    comparisons_frame().to_csv(run_dir / "comparisons.csv", index=False)
+    html = write_report(run_dir).read_text(encoding="utf-8")
+    md = (run_dir / "results.md").read_text(encoding="utf-8")
+    assert "## Differences" in md and "1000 replicates" in md and "32 test images" in md
+    assert "### finetune · native: dasd − baseline" in md
+    assert "| baseline | avg | de | zh |" in md
+    differences = md.split("## Differences", 1)[1]
+    static = next(line for line in differences.splitlines() if line.startswith("| static"))
+    assert static == "| static | +12.3 [+4.1, +20.5] | +32.5 [+20.0, +45.0] | -8.0 [-30.0, +14.0] n.s. |"
+    assert md.count("n.s.") == 2  # the zh cell and the note's explanation
+    assert "Differences" in html and "-8.0 [-30.0, +14.0] n.s." in html
+    assert "+390.0 [+380.0, +400.0]" in html
+    titles = [title for title, _ in difference_tables(comparisons_frame())]
+    assert titles == ["finetune · native: dasd − baseline"]
+    assert difference_tables(None) == [] and difference_tables(comparisons_frame().iloc[:0]) == []
+
+
+def test_notebook_and_report_tables_share_one_aggregation():
+    df = results_frame({("static", "de", 0): 400.0, ("static", "de", 1): 410.0,
+                        ("static", "zh", 0): 300.0, ("static", "zh", 1): 320.0,
+                        ("oracle", "en", 0): 550.0}).assign(variant="native")
+    summary = seed_summary(df)
+    static_avg = summary[(summary.method == "static") & (summary.lang == "avg")].iloc[0]
+    assert static_avg.SumR == 357.5 and static_avg.seeds == 2
+    half = 12.706204736174707 * np.std([350.0, 365.0], ddof=1) / np.sqrt(2)
+    assert static_avg.SumR_ci_low == pytest.approx(357.5 - half)
+    # evaluate.summary_table: the average (the oracle: English) with the same interval
+    table = summary_table(df).set_index("method")
+    assert list(table.columns) == ["setting", "SumR", "SumR_std", "SumR_ci_low", "SumR_ci_high",
+                                   "t2i_R1", "i2t_R1", "seeds", "trainable_params"]
+    assert table.loc["static", "SumR_ci_high"] == pytest.approx(357.5 + half)
+    assert table.loc["oracle", "SumR"] == 550.0 and np.isnan(table.loc["oracle", "SumR_ci_low"])
+    # explore.per_language_table (notebook 04's heatmap) and the report cells agree
+    per_lang = per_language_table(df, "finetune").set_index("method")
+    assert per_lang.loc["static", ["de", "zh", "avg"]].tolist() == [405.0, 310.0, 357.5]
+    assert list(per_lang.columns) == ["en", "de", "zh", "avg"]
+    (_, report_table), = summary_tables(df)
+    assert list(report_table.columns) == ["method", "en", "de", "zh", "avg", "trainable params"]
+    assert report_table.set_index("method").loc["static", "avg"].startswith("357.5 ± 10.6 [")
+    assert report_table.set_index("method").loc["oracle", "avg"] == "–"
