@@ -24,6 +24,7 @@ from dasd_lib.config import ConfigError, Params, load_params, save_params
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_PARAMETERS = {"params_file", "run_dir", "overrides"}
+CROSS_RUN_PARAMETERS = {"sweep_dir", "run_dirs"}  # notebooks comparing several runs (07)
 
 
 # ----------------------------------------------------------------------------- pins
@@ -81,9 +82,10 @@ def _python(source: str) -> str:
                      for line in source.splitlines())
 
 
-def notebook_problems(nb: nbformat.NotebookNode) -> list[str]:
+def notebook_problems(nb: nbformat.NotebookNode, required: set[str] = NOTEBOOK_PARAMETERS) -> list[str]:
     """A committed notebook: no outputs, exactly one literal-only `parameters` cell holding
-    params_file, run_dir and overrides, and no def or class anywhere."""
+    `required` (params_file, run_dir and overrides for a run's notebooks), and no def or
+    class anywhere."""
     problems = []
     code = [(i, c) for i, c in enumerate(nb.cells) if c.cell_type == "code"]
     for i, cell in code:
@@ -120,8 +122,8 @@ def notebook_problems(nb: nbformat.NotebookNode) -> list[str]:
         except ValueError:
             problems.append(f"parameters cell: '{ast.unparse(stmt)}' is not a literal")
         names.update(t.id for t in targets)
-    if not NOTEBOOK_PARAMETERS <= names:
-        problems.append(f"parameters cell lacks {sorted(NOTEBOOK_PARAMETERS - names)}")
+    if not required <= names:
+        problems.append(f"parameters cell lacks {sorted(required - names)}")
     return problems
 
 
@@ -137,7 +139,10 @@ PARAMS = nbformat.v4.new_code_cell('params_file = "params/default.yaml"  # the r
 
 def test_committed_notebooks_are_clean():
     paths = sorted((ROOT / "notebooks").glob("*.ipynb"))
-    problems = {p.name: notebook_problems(nbformat.read(p, as_version=4)) for p in paths}
+    from dasd_lib.run import CROSS_RUN_NOTEBOOKS
+    problems = {p.name: notebook_problems(nbformat.read(p, as_version=4),
+                                          CROSS_RUN_PARAMETERS if p.name in CROSS_RUN_NOTEBOOKS
+                                          else NOTEBOOK_PARAMETERS) for p in paths}
     assert {k: v for k, v in problems.items() if v} == {}
     bad_names = [p.name for p in paths if not re.match(r"^\d{2}_[a-z0-9_]+\.ipynb$", p.name)]
     assert bad_names == [], "notebooks are named NN_verb_object.ipynb"
