@@ -38,12 +38,13 @@ class TargetEmbeddings:
 
 @torch.no_grad()
 def embed_target(model, backbone, texts: list[str], lang: str, *, device=None, batch_size: int = 512,
-                 keep_w_z: bool = False) -> TargetEmbeddings:
+                 keep_w_z: bool = False, tokens: tuple | None = None) -> TargetEmbeddings:
     """Target-tower outputs for `texts` in one language. Captions are sorted by length so
-    each batch pads only to its own longest caption; outputs come back in input order."""
+    each batch pads only to its own longest caption; outputs come back in input order.
+    `tokens`: backbone.tokenize_target(texts), when the caller already has it."""
     device = device or next(backbone.parameters()).device
     model.to(device).eval()
-    ids_all, mask_all = backbone.tokenize_target(list(texts))
+    ids_all, mask_all = tokens if tokens is not None else backbone.tokenize_target(list(texts))
     lengths = mask_all.sum(1)
     order = torch.argsort(lengths, stable=True)
     parts: dict[str, list] = {"r_T": [], "f_sr": [], "f_sa": [], "w_z": []}
@@ -144,6 +145,7 @@ def evaluate_run(params: Params, run_dir, *, write: bool = True) -> pd.DataFrame
     images = unique_images(test)
     image_ids = images.image_id.tolist()
     rows, scored, hits = [], [], []
+    tokens: dict[tuple, tuple] = {}
     for setting in params.run.settings:
         backbone = get_backbone(params, run_dir, setting)
         feats = frozen_features(backbone, test, image_size=params.data.image_size,
@@ -168,8 +170,12 @@ def evaluate_run(params: Params, run_dir, *, write: bool = True) -> pd.DataFrame
                         caps = test[(test.lang == lang) & (test.variant == variant)]
                         if caps.empty:
                             continue
+                        # every method of a setting shares the backbone's tokenizer: tokenize once
+                        key = (id(backbone), lang, variant)
+                        if key not in tokens:
+                            tokens[key] = backbone.tokenize_target(caps.caption.tolist())
                         emb = embed_target(model, backbone, caps.caption.tolist(), lang, device=device,
-                                           batch_size=params.run.eval_batch_size)
+                                           batch_size=params.run.eval_batch_size, tokens=tokens[key])
                         m, h = score_captions_with_hits(emb.r_T, caps, image_ids, image_emb,
                                                         kfold_for(params, lang))
                         rows.append(base | {"variant": variant, "lang": lang,
