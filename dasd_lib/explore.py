@@ -431,16 +431,19 @@ def plot_language_heatmap(results: pd.DataFrame, variant: str = "native"):
     return fig
 
 
-def plot_differences(comparisons: pd.DataFrame | None):
+def plot_differences(comparisons: pd.DataFrame | None, leave_out: Sequence[str] = ("floor",)):
     """SumR difference (compare_to - baseline, mean over target languages) with its
     paired-bootstrap 95 % interval, one panel per setting, a row per baseline and a marker
-    per test variant; hollow markers: the interval includes 0 (not significant)."""
+    per test variant; hollow markers: the interval includes 0 (not significant).
+    `leave_out`: baselines not drawn (the untrained floor, hundreds of SumR away, would
+    squeeze every other interval to a dot; the tables keep it)."""
     import matplotlib.pyplot as plt
-    if comparisons is None or not (comparisons["lang"] == "avg").any():
+    avg = None if comparisons is None else comparisons[
+        (comparisons["lang"] == "avg") & ~comparisons["baseline"].isin(list(leave_out))]
+    if avg is None or avg.empty:
         fig, ax = plt.subplots(figsize=(5, 2))
         _empty(ax, "no method comparisons in this run")
         return fig
-    avg = comparisons[comparisons["lang"] == "avg"]
     settings = list(dict.fromkeys(avg["setting"]))
     rows = max(avg.groupby("setting")["baseline"].nunique())
     fig, axes = plt.subplots(1, len(settings), figsize=(4.8 * len(settings), 0.45 * rows + 1.8),
@@ -467,7 +470,7 @@ def plot_differences(comparisons: pd.DataFrame | None):
                        label=f"{variant} (n.s.)" if (~significant).any() else None)
         ax.axvline(0, color="0.5", linewidth=0.8)
         ax.set_yticks(y, baselines, fontsize=8)
-        ax.invert_yaxis()
+        ax.set_ylim(len(baselines) - 0.5, -0.5)  # first baseline on top
         method = part["method"].iloc[0]
         ax.set_xlabel(f"SumR difference, {method} - baseline")
         ax.set_title(f"{setting}: mean over target languages, 95 % bootstrap interval",
