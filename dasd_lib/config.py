@@ -127,6 +127,10 @@ class RunConfig:
     run_id: str = ""                # "" -> timestamp
     reports_dir: str = "reports"
     device: str = "auto"            # "auto", "cpu", "cuda"
+    # torch.use_deterministic_algorithms (warn only) while training: with several CPU
+    # threads some kernels otherwise reduce in a varying order (runs drifted by 1e-7 within
+    # a dozen steps); on CUDA it also sets CUBLAS_WORKSPACE_CONFIG when unset
+    deterministic: bool = True
     # target-side seeds: each trains every method once (init, batches, discriminator)
     seeds: list[int] = field(default_factory=lambda: [0])
     # seed of the tiny VLP (tokenizer-independent init and batches) and of the English

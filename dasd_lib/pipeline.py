@@ -24,7 +24,7 @@ from .checkpoint import (PRETRAINED_FILES, CheckpointError, check_record, finger
                          read_meta)
 from .config import ConfigError, DataConfig, Params, SOURCE_LANG
 from .train import (TrainingError, _file_fingerprint, canonical_stage, features_key, frozen_features,
-                    make_target_data, resolve_device, stage_inputs, stage_records, target_data_key,
+                    apply_determinism, make_target_data, resolve_device, stage_inputs, stage_records, target_data_key,
                     train_target_stage, train_vlp_stage, training_rows)
 
 log = logging.getLogger("dasd_lib.pipeline")
@@ -266,6 +266,7 @@ def source_vlp(params: Params, run_dir: str | Path, resume: bool = True,
                     image_size=params.data.image_size) if tiny else load_hf_backbone(params.model)
             check_image_size(params, backbone)
         if trains_vlp and not reused:
+            apply_determinism(params.run.deterministic)
             # keyed by file path: image ids repeat across corpora (both start at train_00000)
             image_paths, image_rows = np.unique(train.image_path.values, return_inverse=True)
             images = load_images(image_paths.tolist(), params.data.image_size)

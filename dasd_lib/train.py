@@ -54,6 +54,13 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def apply_determinism(enabled: bool) -> None:
+    """run.deterministic: deterministic torch kernels (warn only where none exists)."""
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before cuBLAS starts
+    torch.use_deterministic_algorithms(enabled, warn_only=True)
+
+
 def make_accelerator(device_name: str = "auto"):
     """An `accelerate` Accelerator: one process here; under `accelerate launch` it wraps the
     model in DDP (per-language adapters leave parameters unused in a step, hence
@@ -585,6 +592,7 @@ def train_target_stage(*, params: Params, stage: str, method: str, seed: int, ba
     stage = canonical_stage(stage)
     cfg: StageConfig = getattr(params, stage)
     spec = METHODS[method]
+    apply_determinism(params.run.deterministic)
     records = stage_records(params, setting=setting, method=method, seed=seed, backbone=backbone,
                             data_key=data.key)
     record = records[stage] if init_from is not None or stage == "cla" else \
