@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .checkpoint import (PRETRAINED_FILES, CheckpointError, check_record, fingerprint, make_record,
-                         read_meta)
+from .checkpoint import (PRETRAINED_FILES, CheckpointError, atomic_dir, check_record, fingerprint,
+                         make_record, read_meta)
 from .config import ConfigError, DataConfig, Params, SOURCE_LANG
 from .train import (TrainingError, _file_fingerprint, canonical_stage, features_key, frozen_features,
                     apply_determinism, make_target_data, resolve_device, stage_inputs, stage_records, target_data_key,
@@ -189,17 +189,16 @@ def _vlp_remedy() -> str:
 
 
 def _copy_tree(src: Path, dst: Path) -> None:
-    """Copy a folder, hard-linking files where the file system allows (they are never
-    modified in place: every write replaces the whole folder)."""
+    """Copy a folder through checkpoint.atomic_dir (which also replaces an existing `dst`),
+    hard-linking files where the file system allows: they are never modified in place,
+    every write replaces the whole folder."""
     def link(a, b):
         try:
             os.link(a, b)
         except OSError:
             shutil.copy2(a, b)
-    tmp = dst.with_name(f".{dst.name}.copy-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp, copy_function=link)
-    os.replace(tmp, dst)
+    with atomic_dir(dst) as tmp:
+        shutil.copytree(src, tmp, copy_function=link, dirs_exist_ok=True)
 
 
 def source_vlp(params: Params, run_dir: str | Path, resume: bool = True,
