@@ -61,6 +61,9 @@ class DataConfig:
     twin_group_size: int = 4       # images sharing attributes bound differently
     max_objects: int = 3
     mt_noise: float = 0.3          # per-caption noise rate of the MT-like translator
+    # the style gap: share of training translations written in a native test style (a
+    # fluent translator) instead of translationese; 0 = native styles never seen in training
+    mt_native_share: float = 0.0
     # --- loading ---
     on_missing: str = "error"      # "error" or "skip" (skips are counted in the log)
     max_caption_tokens: int = 77
@@ -149,6 +152,10 @@ class RunConfig:
         "zeroshot": ["floor", "oracle", "static", "dasd"],
     })
     eval_batch_size: int = 256
+    # the split notebooks 04-06 evaluate, probe and report on: "test", or "val" for every
+    # run whose results choose something (steps, learning rates, weights; the study's
+    # sweeps), so that test stays untouched until the final comparison
+    eval_split: str = "test"
     kfold: int = 0                  # > 1: average over k folds of the test set (MSCOCO 1K)
     # languages kfold applies to ("en": the English oracle); [] = all. MSCOCO: ja and en
     # are tested on 5 x 1K folds, zh on COCO-CN's single 1K test set

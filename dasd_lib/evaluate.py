@@ -21,10 +21,10 @@ log = logging.getLogger("dasd_lib.evaluate")
 
 RESULT_COLUMNS = ["setting", "method", "variant", "lang", "seed", "i2t_R1", "i2t_R5", "i2t_R10",
                   "t2i_R1", "t2i_R5", "t2i_R10", "SumR", "AR", "i2t_medr", "t2i_medr",
-                  "i2t_meanr", "t2i_meanr", "n_images", "n_captions", "trainable_params"]
+                  "i2t_meanr", "t2i_meanr", "n_images", "n_captions", "trainable_params", "split"]
 COMPARISON_COLUMNS = ["setting", "variant", "lang", "method", "baseline", "diff_SumR", "ci_low",
                       "ci_high", "significant", "SumR", "SumR_baseline", "n_seeds", "n_images",
-                      "n_boot"]
+                      "n_boot", "split"]
 SCORE_KEYS = ["setting", "method", "seed", "lang", "variant"]
 
 
@@ -182,14 +182,15 @@ def evaluate_run(params: Params, run_dir, *, write: bool = True) -> pd.DataFrame
                                             "trainable_params": n_trainable} | m)
                         scored.append(base | {"variant": variant, "lang": lang})
                         hits.append(h)
-    frame = pd.DataFrame(rows)
+    frame = pd.DataFrame(rows).assign(split=params.run.eval_split)
     frame = frame[[c for c in RESULT_COLUMNS if c in frame] +
                   [c for c in frame if c not in RESULT_COLUMNS and "@" not in c]]
     if write:
         comparisons = compare_methods(pd.DataFrame(scored, columns=SCORE_KEYS), hits,
                                       compare_to=params.run.compare_to,
                                       n_boot=params.run.bootstrap_samples,
-                                      seed=params.run.bootstrap_seed)
+                                      seed=params.run.bootstrap_seed,
+                                      split=params.run.eval_split)
         frame.to_csv(run_dir / "results.csv", index=False)
         comparisons.to_csv(run_dir / COMPARISONS_FILE, index=False)
         write_results_markdown(run_dir)
@@ -197,7 +198,7 @@ def evaluate_run(params: Params, run_dir, *, write: bool = True) -> pd.DataFrame
 
 
 def compare_methods(scored: pd.DataFrame, hits: list[np.ndarray], *, compare_to: str = "dasd",
-                    n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+                    n_boot: int = 1000, seed: int = 0, split: str = "test") -> pd.DataFrame:
     """SumR differences `compare_to` - every other method, per setting and variant, per
     target language and averaged over them ('avg'), with paired-bootstrap 95 % intervals.
 
@@ -230,7 +231,8 @@ def compare_methods(scored: pd.DataFrame, hits: list[np.ndarray], *, compare_to:
                     setting=setting, variant=variant, method=compare_to, baseline=baseline))
     if not parts:
         return pd.DataFrame(columns=COMPARISON_COLUMNS)
-    out = pd.concat(parts, ignore_index=True).assign(n_images=n_images, n_boot=max(0, int(n_boot)))
+    out = pd.concat(parts, ignore_index=True).assign(n_images=n_images, n_boot=max(0, int(n_boot)),
+                                                     split=split)
     return out[COMPARISON_COLUMNS]
 
 

@@ -82,9 +82,21 @@ def load_table(cfg: DataConfig) -> pd.DataFrame:
     return _load_table_cached(json.dumps(asdict(cfg), sort_keys=True)).copy()
 
 
+EVAL_SPLITS = ("test", "val")
+
+
 def test_table(params: Params) -> pd.DataFrame:
+    """The rows of the evaluation split (run.eval_split: test, or val for runs that choose)."""
+    split = params.run.eval_split
+    if split not in EVAL_SPLITS:
+        raise ConfigError(f"run.eval_split: '{split}' is not a split to evaluate on; use "
+                          f"{' or '.join(EVAL_SPLITS)}")
     table = load_table(params.data)
-    return table[table.split == "test"].reset_index(drop=True)
+    rows = table[table.split == split].reset_index(drop=True)
+    if rows.empty:
+        raise ConfigError(f"run.eval_split: the corpus has no '{split}' rows"
+                          + (" (data.n_val is 0)" if split == "val" else ""))
+    return rows
 
 
 # ----------------------------------------------------------------------------- backbones

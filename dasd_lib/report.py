@@ -169,17 +169,25 @@ def read_comparisons(run_dir: str | Path) -> pd.DataFrame | None:
     return pd.read_csv(path) if path.is_file() else None
 
 
+def split_name(frame: pd.DataFrame) -> str:
+    """The split a results or comparisons table was evaluated on (older runs: test)."""
+    if "split" in frame and frame["split"].notna().any():
+        return str(frame["split"].dropna().iloc[0])
+    return "test"
+
+
 def differences_note(comparisons: pd.DataFrame | None) -> str:
     """One paragraph saying how the difference intervals were made."""
     if comparisons is None or comparisons.empty:
         return "_No method comparisons in this run (run.compare_to is not among its methods)._"
     n_boot = int(comparisons["n_boot"].max())
     n_images = int(comparisons["n_images"].max())
+    split = split_name(comparisons)
     if n_boot < 1:
-        return (f"SumR differences on the {n_images} test images; no bootstrap replicates "
+        return (f"SumR differences on the {n_images} {split} images; no bootstrap replicates "
                 "(run.bootstrap_samples = 0), so no intervals.")
-    return (f"SumR difference `method − baseline` on the full test set, with its 95 % "
-            f"percentile interval [low, high] from a paired bootstrap over the {n_images} test "
+    return (f"SumR difference `method − baseline` on the full {split} split, with its 95 % "
+            f"percentile interval [low, high] from a paired bootstrap over the {n_images} {split} "
             f"images ({n_boot} replicates; captions move with their image; every method, "
             f"language and seed sees the same draws; `{AVG_COLUMN}`: per replicate, the mean "
             f"over target languages of the seed-averaged differences). **n.s.**: the interval "
@@ -237,6 +245,9 @@ def results_markdown(df: pd.DataFrame, comparisons: pd.DataFrame | None = None) 
     if df.empty:
         return "_No results yet._\n"
     parts = [_seed_note(df)]
+    if split_name(df) != "test":
+        parts.append(f"**Evaluated on the {split_name(df)} split** (run.eval_split): these runs "
+                     "choose settings, so the test split is left for the final comparison.")
     for title, table in summary_tables(df):
         parts += [f"### {title}", _markdown_table(table)]
     if comparisons is not None:

@@ -81,10 +81,11 @@ class Sweep:
         if not self.grid:
             raise SweepError("a sweep needs at least one grid axis (--grid section.key=v1,v2)")
         fixed = {o.split("=", 1)[0].strip() for o in self.overrides}
-        both = sorted(fixed & set(self.grid))
+        both = sorted(fixed & set(self.swept_keys()))
         if both:
             raise SweepError(f"{', '.join(both)}: both a fixed override and a grid axis")
-        points = [grid_point(dict(zip(self.grid, values)))
+        points = [grid_point(dict(item for axis, value in zip(self.grid, values)
+                                  for item in linked_values(axis, value)))
                   for values in itertools.product(*self.grid.values())]
         names = [p.name for p in points]
         clash = sorted({n for n in names if names.count(n) > 1})
@@ -93,6 +94,10 @@ class Sweep:
                              f"make them differ in letters or digits")
         return points
 
+    def swept_keys(self) -> list[str]:
+        """Every section.key the grid sets (a linked axis 'a+b' sets a and b)."""
+        return [k for axis in self.grid for k in axis.split(LINK)]
+
     def definition(self) -> dict[str, Any]:
         """What identifies the sweep: resuming with another definition is refused. The base
         file is named relative to the project root, so a moved checkout still resumes."""
@@ -100,6 +105,21 @@ class Sweep:
         params = self.params.relative_to(root) if self.params.is_relative_to(root) else self.params
         return {"params": params.as_posix(), "overrides": list(self.overrides),
                 "grid": {k: list(v) for k, v in self.grid.items()}}
+
+
+LINK = "+"  # 'cla.steps+cma.steps': [[40, 24], [200, 120]] moves both keys together
+
+
+def linked_values(axis: str, value: Any) -> list[tuple[str, Any]]:
+    """(key, value) pairs one grid value sets: itself for a plain axis; for a linked axis
+    'a+b' a list [value of a, value of b]."""
+    keys = [k.strip() for k in axis.split(LINK)]
+    if len(keys) == 1:
+        return [(axis, value)]
+    if not (isinstance(value, list) and len(value) == len(keys)):
+        raise SweepError(f"grid axis {axis!r}: every value must list {len(keys)} values, one per "
+                         f"key ({', '.join(keys)}), got {value_text(value)}")
+    return list(zip(keys, value))
 
 
 def _slug(text: str) -> str:
@@ -178,7 +198,7 @@ def load_sweep(path: str | Path) -> Sweep:
 
 def default_sweep_id(sweep: Sweep) -> str:
     """The base file's name and the swept keys: the same command resumes the same sweep."""
-    return "__".join([sweep.params.stem, *sweep.grid])
+    return "__".join([sweep.params.stem, *map(_slug, sweep.grid)])
 
 
 def sweep_folder(sweep: Sweep, reports_dir: str | Path | None = None) -> Path:
@@ -302,13 +322,21 @@ def run_sweep(sweep: Sweep, *, reports_dir: str | Path | None = None, workers: i
         raise SweepError(f"--workers {workers}: must be at least 1")
     sweep = dataclasses.replace(sweep, sweep_id=sweep.sweep_id or default_sweep_id(sweep))
     points = sweep.points()
-    corpus_keys = [k for k in sweep.grid if k.split(".")[0] in CORPUS_SECTIONS]
+    swept = sweep.swept_keys()
+    # a corpus parameter may run in parallel when its folder name moves with it
+    corpus_keys = [k for k in swept if k.split(".")[0] in CORPUS_SECTIONS
+                   and f"{k.split('.')[0]}.name" not in swept]
     if workers > 1 and corpus_keys:
         raise SweepError(f"--workers {workers} with {', '.join(corpus_keys)} swept: the points' "
                          f"corpora are generated into one folder (data.root/data.name) and would "
-                         f"replace each other while other points read them; use --workers 1")
+                         f"replace each other while other points read them; use --workers 1, or "
+                         f"move the folder with them (a linked axis "
+                         f"'{corpus_keys[0]}+{corpus_keys[0].split('.')[0]}.name')")
     sweep_dir = sweep_folder(sweep, reports_dir)
-    shared = sweep_dir / "shared"
+    # the sweep's own shared/ folder, unless the parameters name one (several sweeps of a
+    # study then share one VLP per fingerprint; relative: from the project root)
+    named = load_params(sweep.params, sweep.overrides).run.shared_dir
+    shared = (sweep.notebooks.parent / named).resolve() if named else sweep_dir / "shared"
     overrides = {p.name: [*sweep.overrides, *p.overrides, f"run.shared_dir={shared}"]
                  for p in points}
     params = {name: runner._with_run_id(load_params(sweep.params, o), name)  # bad keys fail here

@@ -9,8 +9,10 @@ import pandas as pd
 import pytest
 
 from dasd_lib.config import DataConfig
-from dasd_lib.data import (COLUMNS, DataError, build_rows, build_scenes, generate_corpus,
-                           parse_english, token_coverage, translate)
+from dasd_lib.data import (COLUMNS, DataError, build_rows, build_scenes, content_oracle_recall,
+                           generate_corpus, held_out_overlap, parse_english, token_coverage,
+                           translate)
+from dasd_lib.data.synthetic import build_scenes_counted, train_overlap
 from dasd_lib.data.languages import EN_SIZE_OF
 from dasd_lib.data.world import binding_key
 
@@ -76,7 +78,8 @@ def test_binding_twins_share_attributes_and_differ_in_binding():
             assert len({binding_key(sc) for sc in members}) == len(members), "bound differently"
             if len(members[0].objects) > 1:
                 in_twins += len(members)
-                assert len(members) == 4 or gid == max(groups), "full groups except the cut last one"
+                # full groups except the cut last one (and, held out, twins of a training scene)
+                assert len(members) == 4 or gid == max(groups) or split != "train"
         assert in_twins / len(scenes) > 0.7, split
 
 
@@ -173,3 +176,62 @@ def test_random_state_is_not_shared():
     rows1 = build_rows(DataConfig(n_train=5, n_val=0, n_test=2))
     random.seed(456)
     assert build_rows(DataConfig(n_train=5, n_val=0, n_test=2)) == rows1
+
+
+def test_held_out_scenes_never_repeat_a_training_scene(tmp_path):
+    # the default sizes: before the exclusion 112 of 1,000 test and 17 of 200 val scenes
+    # showed a training scene's objects (79 of them one-object scenes)
+    cfg = DataConfig()
+    scenes, dropped = build_scenes_counted(cfg)
+    assert train_overlap(scenes) == {"val": 0, "test": 0}
+    assert dropped["test"] > 50 and dropped["val"] > 5, dropped     # there was something to drop
+    assert {k: len(v) for k, v in scenes.items()} == {"train": 4000, "val": 200, "test": 1000}
+    # the training split is drawn as before: excluding held-out scenes never touches it
+    unfiltered = DataConfig(n_val=0, n_test=0)
+    assert build_scenes(unfiltered)["train"] == scenes["train"]
+    # the table view (what notebook 00 shows) agrees, and counts overlap when there is one
+    out = generate_corpus(small_cfg(tmp_path, n_train=200, n_test=100, max_objects=1))
+    table = pd.read_json(out / "captions.jsonl", lines=True)
+    assert held_out_overlap(table).same_objects_as_train.tolist() == [0, 0]
+    assert json.loads((out / "meta.json").read_text())["dropped_train_overlap"]["test"] > 0
+    leaked = table.copy()
+    test_ids = leaked.split == "test"
+    first_train = leaked[leaked.split == "train"].content.iloc[0]
+    leaked.loc[test_ids & (leaked.image_id == leaked[test_ids].image_id.iloc[0]), "content"] = first_train
+    assert held_out_overlap(leaked).set_index("split").loc["test", "same_objects_as_train"] == 1
+
+
+def test_content_oracle_recall_counts_images_with_the_same_objects():
+    scene = lambda objs: json.dumps({"objects": [dict(zip(("shape", "colour", "size", "pos"), o)) for o in objs]})
+    a, b = scene([("circle", "red", "large", "left")]), scene([("star", "blue", "small", "top")])
+    rows = [  # images 0 and 1 show the same object; 2 stands alone; two captions each
+        {"split": "test", "image_id": str(i), "lang": "de", "content": c}
+        for i, c in enumerate([a, a, b]) for _ in range(2)]
+    got = content_oracle_recall(pd.DataFrame(rows)).iloc[0]
+    assert got["oracle_R@1"] == pytest.approx(100 * (0.5 * 4 + 1 * 2) / 6, abs=0.01)
+    assert got["tied_images"] == 2 and got["captions"] == 6
+
+
+def test_mt_native_share_is_the_style_gap():
+    base = dict(n_train=300, n_val=0, n_test=0, langs=["de", "ja"])
+    def train_styles(share):
+        rows = pd.DataFrame(build_rows(DataConfig(mt_native_share=share, **base)))
+        return rows[(rows.split == "train") & (rows.lang != "en")]
+    closed, half, fluent = train_styles(0.0), train_styles(0.5), train_styles(1.0)
+    native = lambda t: t["style"].str.startswith(("de:", "ja:")).mean()
+    assert native(closed) == 0.0 and native(fluent) == 1.0
+    assert 0.4 < native(half) < 0.6
+    # only the style changes: same images, English sources, variant and content per row
+    for col in ("image_id", "source_caption", "variant", "content", "caption_id"):
+        assert closed[col].tolist() == half[col].tolist(), col
+    # a native-style training caption is exactly what the native grammar writes
+    from dasd_lib.data import native_caption
+    from dasd_lib.data.world import Scene
+    row = fluent.iloc[0]
+    objs = Scene.from_json(row.content).objects
+    assert row.caption in {native_caption(p, row.lang, row["style"]) for p in __import__("itertools").permutations(objs)}
+    # translationese captions are untouched where the share leaves them
+    kept = half["style"].str.startswith("mt:")
+    assert (half[kept].caption == closed[kept].caption).all()
+    with pytest.raises(DataError, match="data.mt_native_share"):
+        build_scenes(DataConfig(mt_native_share=1.5))

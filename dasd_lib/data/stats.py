@@ -42,6 +42,52 @@ def content_labels(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(labels, columns=LABEL_COLUMNS, index=table.index)
 
 
+def _object_set(content: str) -> str:
+    """A scene's objects as one canonical string (order-free): what binding_key compares."""
+    if not content:
+        return ""
+    objs = json.loads(content)["objects"]
+    return "|".join(sorted(f"{o['shape']},{o['colour']},{o['size']},{o['pos']}" for o in objs))
+
+
+def held_out_overlap(table: pd.DataFrame) -> pd.DataFrame:
+    """Per held-out split (val, test): images, and how many show the same objects as some
+    training image (differing only in render noise and background). The generator drops
+    such scenes, so its corpora show 0; rows without content (imported data) are not counted."""
+    images = table.drop_duplicates("image_id")[["split", "image_id", "content"]]
+    images = images[images.content != ""]
+    keys = images.content.map(_object_set)
+    seen = set(keys[images.split == "train"])
+    rows = []
+    for split in ("val", "test"):
+        part = keys[images.split == split]
+        if len(part):
+            rows.append({"split": split, "images": len(part),
+                         "same_objects_as_train": int(part.isin(seen).sum())})
+    return pd.DataFrame(rows, columns=["split", "images", "same_objects_as_train"])
+
+
+def content_oracle_recall(table: pd.DataFrame, split: str = "test") -> pd.DataFrame:
+    """The best R@1 any model can reach on `split`: a reader that gets every caption's
+    content right still cannot tell apart images with the same objects (they differ
+    only in noise and background), so it picks one of them at random. Per language:
+    text-to-image R@1 = mean over captions of 1 / (images with its image's objects), in %;
+    `tied_images` = images that share their objects with another image of the split."""
+    rows = table[(table.split == split) & (table.content != "")]
+    if rows.empty:
+        return pd.DataFrame(columns=["lang", "captions", "tied_images", "oracle_R@1"])
+    images = rows.drop_duplicates("image_id")
+    per_key = images.content.map(_object_set).value_counts()
+    image_key = dict(zip(images.image_id, images.content.map(_object_set)))
+    out = []
+    for lang, part in rows.groupby("lang", sort=False):
+        ties = part.image_id.map(image_key).map(per_key)
+        out.append({"lang": lang, "captions": len(part),
+                    "tied_images": int((per_key[per_key > 1]).sum()),
+                    "oracle_R@1": round(100.0 * float((1.0 / ties).mean()), 2)})
+    return pd.DataFrame(out)
+
+
 def style_frequencies(table: pd.DataFrame, *, wide: bool = False) -> pd.DataFrame:
     """Caption counts by split, variant, language and style, with each style's share
     within its (split, variant, lang). wide=True: shares as a (variant, style) x

@@ -30,12 +30,13 @@ from .world import (BACKGROUNDS, COLOURS, CORPORA, POSITIONS, SHAPES, SIZES, Obj
 log = logging.getLogger("dasd_lib.data")
 
 # bump when the generator's output changes for the same config (invalidates reuse)
-GENERATOR_VERSION = 1
+# 2: val/test scenes never repeat a training scene's objects; data.mt_native_share
+GENERATOR_VERSION = 2
 COLUMNS = ["corpus", "split", "image_id", "image_path", "lang", "caption_id", "caption",
            "source_caption", "variant", "style", "content"]
 # config fields that change the generated files (root, name, loading options do not)
 _GEN_FIELDS = ("corpus", "seed", "image_size", "n_train", "n_val", "n_test", "captions_per_image",
-               "train_captions_per_image", "twin_group_size", "max_objects", "mt_noise", "langs")
+               "train_captions_per_image", "twin_group_size", "max_objects", "mt_noise", "mt_native_share", "langs")
 MAX_WEB_OBJECTS = len(POSITIONS)
 
 
@@ -66,8 +67,9 @@ def check_config(cfg: DataConfig) -> None:
                 "twin_group_size", "image_size"):
         if getattr(cfg, key) < (0 if key.startswith("n_") else 1):
             raise DataError(f"data.{key} must be positive, got {getattr(cfg, key)}")
-    if not 0.0 <= cfg.mt_noise <= 1.0:
-        raise DataError(f"data.mt_noise must be in [0, 1], got {cfg.mt_noise}")
+    for key in ("mt_noise", "mt_native_share"):
+        if not 0.0 <= getattr(cfg, key) <= 1.0:
+            raise DataError(f"data.{key} must be in [0, 1], got {getattr(cfg, key)}")
 
 
 def object_range(cfg: DataConfig) -> tuple[int, int]:
@@ -102,19 +104,29 @@ def twin_group(k: int, rng: random.Random, background: str, group: int, size: in
     return scenes
 
 
-def sample_scenes(cfg: DataConfig, split: str, n: int) -> list[Scene]:
+def sample_scenes(cfg: DataConfig, split: str, n: int,
+                  exclude: frozenset | set = frozenset()) -> tuple[list[Scene], int]:
     """n scenes of a split, in twin groups of cfg.twin_group_size (single-object images
-    cannot have twins and stand alone); the last group may be cut short."""
+    cannot have twins and stand alone); the last group may be cut short. Scenes whose
+    objects (binding_key) are in `exclude` are drawn and dropped, and more are drawn in
+    their place; returns (scenes, number dropped)."""
     rng = _rng(cfg.seed, cfg.corpus, split, "scenes")
     lo, hi = object_range(cfg)
     backgrounds = BACKGROUNDS[cfg.corpus]
     scenes: list[Scene] = []
-    group = 0
+    group, dropped = 0, 0
     while len(scenes) < n:
+        if dropped > 100 * n + 1000:
+            raise DataError(f"data: cannot draw {n} {split} scenes that differ from every training "
+                            f"scene ({dropped} drawn and dropped); raise data.max_objects or "
+                            f"lower data.n_train")
         k = rng.randint(lo, hi)
-        scenes += twin_group(k, rng, rng.choice(backgrounds), group, cfg.twin_group_size)
+        twins = twin_group(k, rng, rng.choice(backgrounds), group, cfg.twin_group_size)
+        kept = [sc for sc in twins if binding_key(sc) not in exclude]
+        dropped += len(twins) - len(kept)
+        scenes += kept
         group += 1
-    return scenes[:n]
+    return scenes[:n], dropped
 
 
 # ============================================================================ rendering
@@ -212,7 +224,12 @@ def _cycle(styles: tuple[str, ...], n: int, rng: random.Random) -> list[str]:
 
 
 def image_captions(cfg: DataConfig, split: str, i: int, image_id: str, scene: Scene) -> list[dict]:
-    """All caption rows of one image (see the contract's data table)."""
+    """All caption rows of one image (see the contract's data table).
+
+    Training translations: with probability data.mt_native_share a caption is written in
+    one of the language's native styles (a fluent translator; variant "mt", source the
+    English caption), else in translationese (the English frame, with mt_noise flaws).
+    0 (the default) keeps every native test style unseen in training: the widest style gap."""
     content = scene.to_json()
     bg = scene.background if cfg.corpus == "web" else None   # only web captions name it
     objs = scene.objects
@@ -224,8 +241,13 @@ def image_captions(cfg: DataConfig, split: str, i: int, image_id: str, scene: Sc
             en = english_caption(rng.sample(objs, len(objs)), frame, rng, bg)
             rows.append(_row(cfg, split, image_id, "en", "native", j, en, f"en:{frame}", "", content))
             for lang in cfg.langs:
-                text, style, _ = translate(en, lang, _rng(cfg.seed, cfg.corpus, split, i, lang, j),
-                                           cfg.mt_noise)
+                lrng = _rng(cfg.seed, cfg.corpus, split, i, lang, j)
+                text, style, _ = translate(en, lang, lrng, cfg.mt_noise)
+                # its own generator, so mt_native_share = 0 leaves the other captions as they were
+                frng = _rng(cfg.seed, cfg.corpus, split, i, lang, j, "fluent")
+                if cfg.mt_native_share > 0 and frng.random() < cfg.mt_native_share:
+                    style = frng.choice(NATIVE_STYLES[lang])
+                    text = native_caption(frng.sample(objs, len(objs)), lang, style)
                 rows.append(_row(cfg, split, image_id, lang, "mt", j, text, style, en, content))
         return rows
     ens = []
@@ -251,8 +273,32 @@ def split_sizes(cfg: DataConfig) -> dict[str, int]:
 
 
 def build_scenes(cfg: DataConfig) -> dict[str, list[Scene]]:
+    return build_scenes_counted(cfg)[0]
+
+
+def build_scenes_counted(cfg: DataConfig) -> tuple[dict[str, list[Scene]], dict[str, int]]:
+    """The scenes of every split, and per held-out split how many drawn scenes were
+    dropped for showing the same objects as a training scene (a test image that differs
+    from a training image only in render noise and background would be recall by memory,
+    not by reading the caption)."""
     check_config(cfg)
-    return {split: sample_scenes(cfg, split, n) for split, n in split_sizes(cfg).items() if n > 0}
+    sizes = split_sizes(cfg)
+    scenes, dropped = {}, {}
+    if sizes["train"] > 0:
+        scenes["train"], _ = sample_scenes(cfg, "train", sizes["train"])
+    seen = frozenset(binding_key(sc) for sc in scenes.get("train", []))
+    for split, n in sizes.items():
+        if split != "train" and n > 0:
+            scenes[split], dropped[split] = sample_scenes(cfg, split, n, exclude=seen)
+    return scenes, dropped
+
+
+def train_overlap(scenes: dict[str, list[Scene]]) -> dict[str, int]:
+    """Per held-out split: scenes with the same objects as some training scene (0 by
+    construction for generated corpora; notebook 00 shows it)."""
+    seen = {binding_key(sc) for sc in scenes.get("train", [])}
+    return {split: sum(binding_key(sc) in seen for sc in scs)
+            for split, scs in scenes.items() if split != "train"}
 
 
 def build_rows(cfg: DataConfig, scenes: dict[str, list[Scene]] | None = None) -> list[dict]:
@@ -291,11 +337,24 @@ def generate_corpus(cfg: DataConfig, *, force: bool = False, workers: int | None
     An existing folder whose meta.json holds the same config hash is reused as is; a
     folder made by an older config is replaced; a folder not made by this generator is
     never touched (DataError)."""
+    from filelock import FileLock
+
     check_config(cfg)
     out = corpus_dir(cfg)
     if not force and _is_current(out, cfg):
         log.info("reusing %s (config hash %s)", out, config_hash(cfg))
         return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # two runs making the same corpus at once (a sweep's parallel points): one generates,
+    # the other waits and then reuses it
+    with FileLock(out.parent / f".{out.name}.lock"):
+        if not force and _is_current(out, cfg):
+            log.info("reusing %s (config hash %s), made while waiting", out, config_hash(cfg))
+            return out
+        return _generate_into(out, cfg, workers)
+
+
+def _generate_into(out: Path, cfg: DataConfig, workers: int | None) -> Path:
     if out.exists() and any(out.iterdir()) and not (out / "meta.json").is_file():
         raise DataError(f"{out} exists and was not made by the generator (no meta.json); "
                         f"pick another data.name or remove the folder")
@@ -305,7 +364,7 @@ def generate_corpus(cfg: DataConfig, *, force: bool = False, workers: int | None
         shutil.rmtree(tmp)
     (tmp / "images").mkdir(parents=True)
     try:
-        scenes = build_scenes(cfg)
+        scenes, dropped = build_scenes_counted(cfg)
         rows = build_rows(cfg, scenes)
         codes = {name: k for k, name in enumerate(CORPORA)}
         jobs = [(sc.to_json(), cfg.image_size,
@@ -320,6 +379,8 @@ def generate_corpus(cfg: DataConfig, *, force: bool = False, workers: int | None
             "generator": "dasd_lib.data.synthetic", "version": GENERATOR_VERSION,
             "config_hash": config_hash(cfg), "config": generator_config(cfg),
             "images": {split: len(scs) for split, scs in scenes.items()},
+            # held-out scenes drawn and dropped for repeating a training scene's objects
+            "dropped_train_overlap": dropped,
             "captions": len(rows), "columns": COLUMNS, "langs": ["en", *cfg.langs],
             "native_styles": {k: list(v) for k, v in NATIVE_STYLES.items() if k in ("en", *cfg.langs)},
             "mt_styles": list(MT_STYLES),
@@ -352,6 +413,7 @@ def _render_all(jobs: list[tuple], workers: int | None) -> None:
             pass
 
 
-__all__ = ["COLUMNS", "GENERATOR_VERSION", "LANGS", "build_rows", "build_scenes", "check_config",
+__all__ = ["COLUMNS", "GENERATOR_VERSION", "LANGS", "build_rows", "build_scenes",
+           "build_scenes_counted", "check_config", "train_overlap",
            "config_hash", "corpus_dir", "generate_corpus", "render_scene", "sample_scenes",
            "split_sizes", "twin_group"]
