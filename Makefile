@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PARAMS ?= params/default.yaml
 
-.PHONY: demo test venv clean-venv lint
+.PHONY: demo test venv clean-venv lint findings
 
 venv: $(STAMP)
 
@@ -27,3 +27,7 @@ test: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# docs/findings.md from the study sweeps' run folders (params/study/*.yaml, run them first)
+findings: $(STAMP)
+	$(BIN)/python -m dasd_lib.findings --sweeps-dir reports/sweeps --out docs/findings.md

@@ -235,3 +235,31 @@ def test_mt_native_share_is_the_style_gap():
     assert (half[kept].caption == closed[kept].caption).all()
     with pytest.raises(DataError, match="data.mt_native_share"):
         build_scenes(DataConfig(mt_native_share=1.5))
+
+
+_GENERATE = """
+import json, sys
+from dasd_lib.config import DataConfig
+from dasd_lib.data import generate_corpus
+cfg = DataConfig(**json.loads(sys.argv[1]))
+print(generate_corpus(cfg))
+"""
+
+
+def test_two_processes_generating_one_corpus_both_succeed_with_identical_files(tmp_path):
+    import subprocess
+    import sys
+    cfg = dataclasses.asdict(small_cfg(tmp_path / "shared"))
+    procs = [subprocess.Popen([sys.executable, "-c", _GENERATE, json.dumps(cfg)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=240) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err for _, err in outs]
+    folder = tmp_path / "shared" / "small"
+    assert {o.strip() for o, _ in outs} == {str(folder)}
+    reference = _files(generate_corpus(small_cfg(tmp_path / "alone")))
+    together = _files(folder)
+    assert together.keys() == reference.keys()
+    assert all(together[k] == reference[k] for k in reference)
+    leftovers = [p.name for p in (tmp_path / "shared").iterdir() if p.name not in ("small", ".small.lock")]
+    assert leftovers == []  # no temporary copy left behind

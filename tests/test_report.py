@@ -15,7 +15,7 @@ from scipy import stats
 from dasd_lib.config import load_params, save_params
 from dasd_lib.evaluate import summary_table
 from dasd_lib.explore import per_language_table
-from dasd_lib.report import (difference_tables, results_markdown, seed_summary, summary_tables,
+from dasd_lib.report import (differences_note, difference_tables, results_markdown, seed_summary, summary_tables,
                              write_report)
 
 RECALLS = ["i2t_R1", "i2t_R5", "i2t_R10", "t2i_R1", "t2i_R5", "t2i_R10"]
@@ -183,3 +183,25 @@ def test_notebook_and_report_tables_share_one_aggregation():
     assert list(report_table.columns) == ["method", "en", "de", "zh", "avg", "trainable params"]
     assert report_table.set_index("method").loc["static", "avg"].startswith("357.5 ± 10.6 [")
     assert report_table.set_index("method").loc["oracle", "avg"] == "–"
+
+
+def test_eval_split_picks_the_rows_and_is_named_in_the_tables(tmp_path):
+    from conftest import smoke_params
+    from dasd_lib.config import ConfigError
+    from dasd_lib.pipeline import test_table
+    val = test_table(smoke_params(tmp_path, "run.eval_split=val"))
+    assert set(val["split"]) == {"val"} and len(val) > 0
+    assert set(test_table(smoke_params(tmp_path))["split"]) == {"test"}
+    with pytest.raises(ConfigError, match="run.eval_split: 'train'"):
+        test_table(smoke_params(tmp_path, "run.eval_split=train"))
+    with pytest.raises(ConfigError, match="data.n_val is 0"):
+        test_table(smoke_params(tmp_path, "run.eval_split=val", "data.n_val=0"))
+
+    rows = pd.DataFrame([{"setting": "finetune", "method": m, "variant": "native", "lang": "de",
+                          "seed": 0, "SumR": s, "split": "val", "trainable_params": 1}
+                         for m, s in (("static", 300.0), ("dasd", 310.0))])
+    text = results_markdown(rows)
+    assert "Evaluated on the val split" in text
+    assert "Evaluated on the" not in results_markdown(rows.assign(split="test"))
+    comparisons = pd.DataFrame([{"n_boot": 10, "n_images": 24, "split": "val"}])
+    assert "the full val split" in differences_note(comparisons)

@@ -366,3 +366,40 @@ def test_smoke_sweep_resumes_without_rerunning(smoke_sweep, monkeypatch):
     assert again.ok and again.status[first] == "completed"
     assert executed == [f"{first}/{last[:2]}"]
     assert json.loads(timings_path.read_text())["status"] == "completed"
+
+
+def test_linked_axes_move_their_keys_together():
+    sweep = Sweep(params=SMOKE, grid={"cla.steps+cma.steps": [[4, 2], [8, 5]], "run.seeds": [[0], [1]]})
+    points = sweep.points()
+    assert sweep.swept_keys() == ["cla.steps", "cma.steps", "run.seeds"]
+    assert [p.name for p in points][:2] == ["cla.steps-4__cma.steps-2__run.seeds-0",
+                                            "cla.steps-4__cma.steps-2__run.seeds-1"]
+    last = load_params(SMOKE, list(points[-1].overrides))
+    assert (last.cla.steps, last.cma.steps, last.run.seeds) == (8, 5, [1])
+    with pytest.raises(SweepError, match="every value must list 2 values"):
+        Sweep(params=SMOKE, grid={"cla.steps+cma.steps": [[4, 2], 8]}).points()
+    with pytest.raises(SweepError, match="both a fixed override and a grid axis"):
+        Sweep(params=SMOKE, grid={"cla.steps+cma.steps": [[4, 2]]}, overrides=["cma.steps=1"]).points()
+
+
+def test_corpus_keys_run_in_parallel_only_when_the_folder_moves_with_them(tmp_path, recorder):
+    with pytest.raises(SweepError, match="data.mt_native_share\\+data.name"):
+        run_sweep(Sweep(params=SMOKE, grid={"data.mt_native_share": [0.0, 0.5]},
+                        overrides=tmp_overrides(tmp_path)), reports_dir=tmp_path, workers=2)
+    linked = Sweep(params=SMOKE, grid={"data.mt_native_share+data.name": [[0.0, "a"], [0.5, "b"]]},
+                   overrides=tmp_overrides(tmp_path), sweep_id="gap")
+    outcome = run_sweep(linked, reports_dir=tmp_path, workers=2)
+    assert outcome.errors == {}
+    names = {load_params(outcome.sweep_dir / "runs" / p.name / "params.yaml").data.name
+             for p in linked.points()}
+    assert names == {"a", "b"}
+
+
+def test_a_shared_dir_in_the_base_parameters_is_shared_by_sweeps(tmp_path, recorder):
+    study = tmp_path / "study_shared"
+    for sweep_id in ("one", "two"):
+        sweep = Sweep(params=SMOKE, grid={"cla.steps": [1, 2]}, sweep_id=sweep_id,
+                      overrides=[*tmp_overrides(tmp_path), f"run.shared_dir={study}"])
+        outcome = run_sweep(sweep, reports_dir=tmp_path)
+        for p in sweep.points():
+            assert load_params(outcome.sweep_dir / "runs" / p.name / "params.yaml").run.shared_dir == str(study)

@@ -1,0 +1,490 @@
+"""The study's findings: docs/findings.md, its tables (CSV) and figures, exported from the
+run folders of the study sweeps (params/study/*.yaml), never hand-copied.
+
+    python -m dasd_lib.findings [--sweeps-dir reports/sweeps] [--out docs/findings.md]
+
+How differences and their intervals are made: PAIRING below (also printed in findings.md).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from . import compare
+from .metrics import seed_interval
+from .pipeline import load_losses
+
+PAIRING = ("Every difference is paired by target-side seed (same seed, same VLP, same "
+           "evaluation images) and reported with the 95 % t-interval over the seeds; it is "
+           "called a difference only when that interval excludes zero. The interval covers "
+           "training randomness (init, batches, discriminator) on the fixed evaluation images, "
+           "not the sampling of those images (each run's image-bootstrap intervals are in its "
+           "comparisons.csv and in the sweep's compare.html).")
+SWEEPS = ("budget", "adv_weight", "variants", "style_gap")
+MIDDLE_STEPS = 200  # the base budget of params/study.yaml, where adv_weight and variants run
+DASD = "dasd"
+BASELINES = ("static", "full_distill", "dasd_no_sdm")
+FINAL_FRACTION = 0.1  # "final" discriminator accuracy: mean over the last 10 % of a stage's steps
+# the parameters that tell the study's conditions apart (raw values from params.yaml)
+CONDITION_KEYS = {"cla.steps": "cla_steps", "cla.lambda_adv": "lambda_adv",
+                  "model.freeze_embedding": "freeze_embedding",
+                  "data.mt_native_share": "mt_native_share"}
+DIFF_COLUMNS = ["method", "baseline", "diff", "ci_low", "ci_high", "n_seeds", "verdict"]
+
+
+# ----------------------------------------------------------------------------- loading
+
+def _runs(sweep_dir: Path) -> pd.DataFrame:
+    dirs = compare.sweep_run_dirs(sweep_dir)
+    runs = compare.load_runs(dirs) if dirs else pd.DataFrame()
+    if runs.empty:
+        return runs
+    runs = runs[runs["status"] == "ok"]
+    return runs.rename(columns=CONDITION_KEYS)
+
+
+def _conditions(runs: pd.DataFrame) -> list[str]:
+    return [c for c in CONDITION_KEYS.values() if c in runs.columns]
+
+
+def load_study(sweeps_dir: str | Path, sweeps: Sequence[str] = SWEEPS) -> dict[str, pd.DataFrame]:
+    """Per study sweep that has finished runs: one row per run (compare.load_runs, finished
+    runs only, condition columns renamed to cla_steps, lambda_adv, freeze_embedding,
+    mt_native_share). Sweeps without a folder are left out."""
+    out = {}
+    for name in sweeps:
+        folder = Path(sweeps_dir) / name
+        if folder.is_dir():
+            runs = _runs(folder)
+            if not runs.empty:
+                out[name] = runs.assign(sweep=name)
+    return out
+
+
+def seed_sumr(runs: pd.DataFrame) -> pd.DataFrame:
+    """SumR per run, method, test variant and seed (mean over the target languages) with the
+    run's condition columns."""
+    per_seed = compare.seed_sumr(runs, [])
+    keep = [compare.RUN_COLUMN, "sweep", *_conditions(runs)]
+    return per_seed.merge(runs[keep], on=compare.RUN_COLUMN)
+
+
+def probe_rows(runs: pd.DataFrame) -> pd.DataFrame:
+    """Every run's probes.csv with the run's seed and condition columns."""
+    probes = compare.probe_rows(runs, [])
+    if probes.empty:
+        return probes
+    seeds = runs["run.seeds"].map(lambda s: s[0] if isinstance(s, list) and len(s) == 1 else np.nan)
+    keep = runs[[compare.RUN_COLUMN, "sweep", *_conditions(runs)]].assign(seed=seeds.to_numpy())
+    return probes.merge(keep, on=compare.RUN_COLUMN)
+
+
+def final_discriminator(runs: pd.DataFrame, fraction: float = FINAL_FRACTION) -> pd.DataFrame:
+    """Per run, method, seed and stage (cla, cma): the discriminator's accuracy at telling a
+    caption's own (f_sa, reference) pair from a shuffled one, averaged over the last
+    `fraction` of the stage's steps (0.5 = chance; methods without a discriminator absent)."""
+    rows = []
+    for _, run in runs.iterrows():
+        for stage in ("cla", "cma"):
+            losses = load_losses(run["run_dir"], stage)
+            if losses.empty or "d_acc" not in losses:
+                continue
+            for (method, seed), part in losses.dropna(subset=["d_acc"]).groupby(["method", "seed"]):
+                last = part.sort_values("step").tail(max(1, int(round(len(part) * fraction))))
+                rows.append({compare.RUN_COLUMN: run[compare.RUN_COLUMN], "method": method,
+                             "seed": int(seed), "stage": stage, "d_acc": float(last["d_acc"].mean()),
+                             **{c: run[c] for c in ["sweep", *_conditions(runs)]}})
+    return pd.DataFrame(rows)
+
+
+def step_costs(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per run, method and seed: trainable parameters and milliseconds per CLA and CMA step
+    (train_<stage>_summary.csv), with the ratio to the static adapter of the same run."""
+    rows = []
+    for _, run in runs.iterrows():
+        for stage in ("cla", "cma"):
+            path = Path(run["run_dir"]) / f"train_{stage}_summary.csv"
+            if not path.is_file():
+                continue
+            summary = pd.read_csv(path)
+            summary = summary[summary["steps"] > 0]
+            ms = 1000 * summary["seconds"] / summary["steps"]
+            static = ms[summary["method"] == "static"]
+            ratio = ms / static.iloc[0] if len(static) else np.nan
+            rows += [{compare.RUN_COLUMN: run[compare.RUN_COLUMN], "stage": stage,
+                      "method": m, "seed": s, "trainable_params": int(p), "ms_per_step": t,
+                      "ratio_to_static": r}
+                     for m, s, p, t, r in zip(summary["method"], summary["seed"],
+                                              summary["trainable_params"], ms,
+                                              ratio if len(static) else [np.nan] * len(ms))]
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- statistics
+
+def verdict(low: float, high: float) -> str:
+    """'better' / 'worse' when the interval excludes zero, else 'no difference' ('one seed'
+    when there is no interval)."""
+    if np.isnan(low) or np.isnan(high):
+        return "one seed"
+    return "better" if low > 0 else "worse" if high < 0 else "no difference"
+
+
+def _interval_row(values, **keys) -> dict:
+    s = seed_interval(np.asarray(values, float))
+    return {**keys, "diff": s["mean"], "ci_low": s["ci_low"], "ci_high": s["ci_high"],
+            "n_seeds": s["n"], "verdict": verdict(s["ci_low"], s["ci_high"])}
+
+
+def paired_differences(treated: pd.DataFrame, baseline: pd.DataFrame, on: Sequence[str],
+                       value: str = "SumR") -> pd.DataFrame:
+    """`value` of each treated method minus each baseline method, paired on the `on`
+    columns and the seed: per group of (`on`, method, baseline) the mean difference, its 95 %
+    t-interval over seeds, the number of seeds and the verdict."""
+    pairs = treated[[*on, "seed", "method", value]].merge(
+        baseline[[*on, "seed", "method", value]].rename(columns={"method": "baseline"}),
+        on=[*on, "seed"], suffixes=("", "_baseline"))
+    pairs = pairs[pairs["method"] != pairs["baseline"]]
+    rows = [_interval_row(part[value] - part[f"{value}_baseline"],
+                          **dict(zip([*on, "method", "baseline"], key)))
+            for key, part in pairs.groupby([*on, "method", "baseline"], sort=False)]
+    return pd.DataFrame(rows, columns=[*on, *DIFF_COLUMNS])
+
+
+def pooled(frame: pd.DataFrame, by: Sequence[str], value: str) -> pd.DataFrame:
+    """Mean of `value` per group with its 95 % t-interval over the rows (seeds) and n."""
+    rows = []
+    for key, part in frame.groupby(list(by), sort=False):
+        s = seed_interval(part[value].to_numpy(float))
+        rows.append({**dict(zip(by, key if isinstance(key, tuple) else (key,))),
+                     value: s["mean"], "ci_low": s["ci_low"], "ci_high": s["ci_high"], "n": s["n"]})
+    return pd.DataFrame(rows)
+
+
+def style_gaps(sumr: pd.DataFrame, on: Sequence[str]) -> pd.DataFrame:
+    """Per seed: SumR on native-style captions minus SumR on MT-style captions (the
+    native-vs-MT gap; negative: native captions are harder), with the `on` columns."""
+    by = [*on, "method", "seed"]
+    wide = sumr.pivot_table(index=by, columns="variant", values="SumR").reset_index()
+    if not {"native", "mt"} <= set(wide.columns):
+        return pd.DataFrame(columns=[*by, "gap"])
+    return wide.assign(gap=wide["native"] - wide["mt"])[[*by, "gap"]]
+
+
+def feature_contrast(probes: pd.DataFrame, on: Sequence[str]) -> pd.DataFrame:
+    """Per probe target: accuracy from f_sr minus accuracy from f_sa, paired by run and
+    seed, pooled over seeds (positive: f_sr carries more of the target). Content targets
+    should be positive and style targets negative if the module disentangles."""
+    wide = probes[probes["feature"].isin(["f_sr", "f_sa"])].pivot_table(
+        index=[compare.RUN_COLUMN, *on, "method", "seed", "target", "kind"], columns="feature",
+        values="accuracy").reset_index()
+    if not {"f_sr", "f_sa"} <= set(wide.columns):
+        return pd.DataFrame()
+    wide["contrast"] = wide["f_sr"] - wide["f_sa"]
+    rows = [_interval_row(part["contrast"], **dict(zip([*on, "method", "target", "kind"], key)))
+            for key, part in wide.groupby([*on, "method", "target", "kind"], sort=False)]
+    frame = pd.DataFrame(rows)
+    frame["carries_more"] = frame["verdict"].map({"better": "f_sr", "worse": "f_sa"}).fillna("neither")
+    return frame.rename(columns={"diff": "f_sr_minus_f_sa"})
+
+
+# ----------------------------------------------------------------------------- the findings
+
+def _signed(x: float, digits: int = 1) -> str:
+    return "n/a" if np.isnan(x) else f"{x:+.{digits}f}"
+
+
+def _interval(row, digits: int = 1) -> str:
+    if np.isnan(row["ci_low"]):
+        return f"{_signed(row['diff'], digits)} (one seed)"
+    return (f"{_signed(row['diff'], digits)} [{_signed(row['ci_low'], digits)}, "
+            f"{_signed(row['ci_high'], digits)}]")
+
+
+def _table(frame: pd.DataFrame, digits: int = 1) -> str:
+    if frame.empty:
+        return "_No rows._\n"
+    shown = frame.copy()
+    for c in shown.columns:
+        if c in CONDITION_KEYS.values():  # parameter values as written (0.001, not 0.0)
+            shown[c] = shown[c].map(compare.value_text)
+        elif pd.api.types.is_float_dtype(shown[c]):
+            shown[c] = shown[c].map(lambda v: "" if pd.isna(v) else f"{v:.{digits}f}")
+    header = "| " + " | ".join(map(str, shown.columns)) + " |"
+    rule = "|" + "|".join("---" for _ in shown.columns) + "|"
+    body = ["| " + " | ".join(map(str, r)) + " |" for r in shown.itertuples(index=False)]
+    return "\n".join([header, rule, *body]) + "\n"
+
+
+def _save(fig, folder: Path, name: str) -> str:
+    import matplotlib.pyplot as plt
+    folder.mkdir(parents=True, exist_ok=True)
+    fig.savefig(folder / name, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return f"{folder.name}/{name}"
+
+
+def _points(frame: pd.DataFrame, x: str, value: str, by: Sequence[str]) -> pd.DataFrame:
+    points = pooled(frame, [*by, x], value)
+    points[x] = points[x].map(compare.value_text)
+    return points
+
+
+class Findings:
+    """The study's tables, built from the sweeps that exist; `markdown()` writes them up."""
+
+    def __init__(self, sweeps_dir: str | Path):
+        self.sweeps_dir = Path(sweeps_dir)
+        self.runs = load_study(self.sweeps_dir)
+        self.sumr = {k: seed_sumr(v) for k, v in self.runs.items()}
+        self.sections: list[str] = []
+        self.tables: dict[str, pd.DataFrame] = {}
+
+    def _dasd_vs(self, sumr: pd.DataFrame, on: Sequence[str], baselines=BASELINES) -> pd.DataFrame:
+        treated = sumr[sumr["method"].str.startswith(DASD) & ~sumr["method"].isin(baselines)]
+        return paired_differences(treated, sumr[sumr["method"].isin(baselines)], on)
+
+    # each section returns its markdown and records its tables
+    def budget(self, figures: Path) -> str:
+        sumr = self.sumr["budget"]
+        means = pooled(sumr, ["variant", "method", "cla_steps"], "SumR")
+        diffs = self._dasd_vs(sumr[sumr["method"].isin([DASD, *BASELINES])],
+                              ["variant", "cla_steps"])
+        self.tables |= {"budget_sumr": means, "budget_differences": diffs}
+        points = _points(sumr, "cla_steps", "SumR", ["variant", "method"]).assign(setting="")
+        fig = compare.plot_against(points, "cla_steps", "SumR", panels=["variant"],
+                                   lines=["method"], ylabel="SumR (val, de), 95 % seed interval")
+        figure = _save(fig, figures, "budget_sumr.png")
+        wins = diffs[diffs["verdict"] == "better"]
+        return "\n".join([
+            "## Budget: is DASD only short of training?",
+            f"CLA steps per language {', '.join(map(str, sorted(sumr['cla_steps'].unique())))} "
+            "(CMA at 0.6 of CLA); `dasd-sweep params/study/budget.yaml --workers 2`.",
+            f"![SumR against the CLA budget]({figure})", "",
+            "SumR on the validation split (mean over seeds, 95 % t-interval):", "",
+            _table(means.pivot_table(index=["variant", "method"], columns="cla_steps",
+                                     values="SumR").reset_index()),
+            "DASD minus each baseline, paired by seed:", "",
+            _table(diffs.assign(interval=[_interval(r) for _, r in diffs.iterrows()])
+                   [["variant", "cla_steps", "baseline", "interval", "n_seeds", "verdict"]]),
+            f"**DASD is better than a baseline in {len(wins)} of {len(diffs)} comparisons** "
+            f"and worse in {int((diffs['verdict'] == 'worse').sum())}." + (
+                " Where better: " + "; ".join(f"{r.baseline} at {r.cla_steps} steps ({r.variant})"
+                                              for r in wins.itertuples()) + "." if len(wins) else ""),
+            ""])
+
+    def _middle_baseline(self) -> pd.DataFrame:
+        """The static adapter and full distillation at the middle budget (budget sweep)."""
+        if "budget" not in self.sumr:
+            return pd.DataFrame(columns=["variant", "seed", "method", "SumR"])
+        b = self.sumr["budget"]
+        return b[(b["cla_steps"] == MIDDLE_STEPS) & b["method"].isin(["static", "full_distill"])]
+
+    def adv_weight(self, figures: Path) -> str:
+        runs = self.runs["adv_weight"]
+        sumr = self.sumr["adv_weight"]
+        dasd = sumr[sumr["method"] == DASD]
+        means = pooled(dasd, ["variant", "lambda_adv"], "SumR")
+        base = self._middle_baseline()
+        diffs = paired_differences(dasd, base, ["variant"]).iloc[0:0]
+        parts = [paired_differences(part, base, ["variant"]).assign(lambda_adv=lam)
+                 for lam, part in dasd.groupby("lambda_adv")]
+        if parts:
+            diffs = pd.concat(parts, ignore_index=True)
+        probes = probe_rows(runs)
+        probes = probes[probes["method"] == DASD] if len(probes) else probes
+        acc = pooled(probes, ["target", "kind", "feature", "lambda_adv"], "accuracy") if len(probes) else pd.DataFrame()
+        contrast = feature_contrast(probes, ["lambda_adv"]) if len(probes) else pd.DataFrame()
+        disc = final_discriminator(runs)
+        disc_points = pooled(disc, ["stage", "lambda_adv"], "d_acc") if len(disc) else pd.DataFrame()
+        self.tables |= {"adv_sumr": means, "adv_differences": diffs, "adv_probes": acc,
+                        "adv_probe_contrast": contrast, "adv_discriminator": disc_points}
+        out = ["## Adversarial weight: what does lambda_adv do?",
+               "DASD at the middle budget with lambda_adv in both stages; "
+               "`dasd-sweep params/study/adv_weight.yaml --workers 2`. The baselines are the "
+               "budget sweep's middle point (same seeds, same VLP).", "",
+               _table(means.pivot_table(index="variant", columns="lambda_adv",
+                                        values="SumR").reset_index()),
+               "DASD minus baseline, paired by seed:", "",
+               _table(diffs.assign(interval=[_interval(r) for _, r in diffs.iterrows()])
+                      [["variant", "lambda_adv", "baseline", "interval", "n_seeds", "verdict"]]
+                      if len(diffs) else diffs)]
+        if len(acc):
+            points = _points(probes, "lambda_adv", "accuracy", ["target", "feature"]).assign(
+                method=DASD)
+            points = points.merge(pooled(probes, ["target", "lambda_adv"], "chance")
+                                  .assign(lambda_adv=lambda f: f["lambda_adv"].map(compare.value_text))
+                                  [["target", "lambda_adv", "chance"]], on=["target", "lambda_adv"])
+            fig = compare.plot_against(points, "lambda_adv", "accuracy", panels=["target"],
+                                       lines=["feature"], ylabel="probe accuracy (held-out images)",
+                                       reference="chance", ylim=(0, 1))
+            out += [f"![probe accuracy against lambda_adv]({_save(fig, figures, 'adv_probes.png')})", "",
+                    "Probe accuracy (mean over seeds) of each feature; content targets are "
+                    "probed across languages, style targets within each language:", "",
+                    _table(acc.pivot_table(index=["kind", "target", "feature"], columns="lambda_adv",
+                                           values="accuracy").reset_index(), digits=3),
+                    "f_sr minus f_sa accuracy per target, paired by seed (disentangling wants "
+                    "content > 0 and style < 0):", "",
+                    _table(contrast.assign(interval=[_interval(r.rename({"f_sr_minus_f_sa": "diff"}), 3)
+                                                     for _, r in contrast.iterrows()])
+                           [["kind", "target", "lambda_adv", "interval", "carries_more"]]
+                           if len(contrast) else contrast), ""]
+        if len(disc_points):
+            out += ["Final discriminator accuracy (own vs shuffled (f_sa, reference) pairs, "
+                    f"mean over the last {FINAL_FRACTION:.0%} of steps; 0.5 is chance):", "",
+                    _table(disc_points.pivot_table(index="stage", columns="lambda_adv",
+                                                   values="d_acc").reset_index(), digits=3)]
+        out.append(self._disentangling_words(contrast))
+        return "\n".join(out)
+
+    @staticmethod
+    def _disentangling_words(contrast: pd.DataFrame) -> str:
+        if contrast.empty:
+            return "_No probes in this sweep._\n"
+        content = contrast[contrast["kind"] == "content"]
+        style = contrast[contrast["kind"] == "style"]
+        good = [lam for lam, part in contrast.groupby("lambda_adv")
+                if (part[part.kind == "content"]["verdict"] == "better").all()
+                and (part[part.kind == "style"]["verdict"] == "worse").all()]
+        return (f"**Disentangling:** f_sr carries a content target better than f_sa in "
+                f"{int((content['verdict'] == 'better').sum())} of {len(content)} (target, "
+                f"weight) cells and worse in {int((content['verdict'] == 'worse').sum())}; f_sa "
+                f"carries a style target better than f_sr in "
+                f"{int((style['verdict'] == 'worse').sum())} of {len(style)}. Weights at which "
+                f"every content target favours f_sr and every style target favours f_sa: "
+                f"{', '.join(map(str, good)) if good else 'none'}.\n")
+
+    def variants(self, figures: Path) -> str:
+        sumr = self.sumr["variants"]
+        frozen = sumr[sumr["freeze_embedding"] == True]  # noqa: E712 (a column of booleans)
+        frozen_diff = paired_differences(frozen[frozen["method"] == DASD],
+                                         frozen[frozen["method"] == "static"], ["variant"])
+        sdm2 = sumr[sumr["method"] == "dasd_sdm2"]
+        middle = self.sumr.get("budget", pd.DataFrame(columns=sumr.columns))
+        middle = middle[(middle["cla_steps"] == MIDDLE_STEPS) & middle["method"].isin([DASD, "static"])]
+        sdm_diff = paired_differences(sdm2, middle, ["variant"])
+        means = pooled(pd.concat([sumr.assign(condition=np.where(sumr["freeze_embedding"] == True,  # noqa: E712
+                                                                 "embedding frozen", "embedding trained")),
+                                  middle.assign(condition="embedding trained")]),
+                       ["variant", "condition", "method"], "SumR")
+        self.tables |= {"variants_sumr": means, "variants_frozen_differences": frozen_diff,
+                        "variants_sdm2_differences": sdm_diff}
+        shown = pd.concat([frozen_diff.assign(comparison="frozen embedding"),
+                           sdm_diff.assign(comparison="sdm_layers 2 (embedding trained)")])
+        return "\n".join([
+            "## Variants: SDM over two blocks, and the frozen embedding",
+            "`dasd-sweep params/study/variants.yaml --workers 2`; dasd_sdm2 is compared with the "
+            "budget sweep's middle point.", "",
+            _table(means), "Differences, paired by seed:", "",
+            _table(shown.assign(interval=[_interval(r) for _, r in shown.iterrows()])
+                   [["comparison", "variant", "method", "baseline", "interval", "n_seeds", "verdict"]]
+                   if len(shown) else shown), ""])
+
+    def style_gap(self, figures: Path) -> str:
+        sumr = self.sumr["style_gap"]
+        gaps = style_gaps(sumr, ["mt_native_share"])
+        gap_points = pooled(gaps, ["method", "mt_native_share"], "gap")
+        native = sumr[sumr["variant"] == "native"]
+        diffs = pd.concat([paired_differences(native[(native.method == DASD) & (native.mt_native_share == s)],
+                                              native[(native.method != DASD) & (native.mt_native_share == s)],
+                                              ["variant"]).assign(mt_native_share=s)
+                           for s in sorted(native["mt_native_share"].unique())], ignore_index=True)
+        means = pooled(sumr, ["variant", "method", "mt_native_share"], "SumR")
+        self.tables |= {"style_gap_sumr": means, "style_gap_gaps": gap_points,
+                        "style_gap_differences": diffs}
+        points = _points(gaps, "mt_native_share", "gap", ["method"]).assign(panel="native - MT")
+        fig = compare.plot_against(points.rename(columns={"gap": "value"}), "mt_native_share",
+                                   "value", panels=["panel"], lines=["method"], reference=0.0,
+                                   ylabel="SumR native - SumR MT-style")
+        figure = _save(fig, figures, "style_gap.png")
+        return "\n".join([
+            "## Style gap: the regime DASD is built for",
+            "`data.mt_native_share` is the share of training translations written in the native "
+            "test styles (0: the translator never writes them, the default benchmark); "
+            "`dasd-sweep params/study/style_gap.yaml --workers 2`.",
+            f"![native-vs-MT gap against mt_native_share]({figure})", "",
+            "Native-vs-MT gap (SumR on native-style minus MT-style captions, mean over seeds):", "",
+            _table(gap_points.pivot_table(index="method", columns="mt_native_share",
+                                          values="gap").reset_index()),
+            "SumR per variant:", "",
+            _table(means.pivot_table(index=["variant", "method"], columns="mt_native_share",
+                                     values="SumR").reset_index()),
+            "DASD minus each baseline on native-style captions, paired by seed:", "",
+            _table(diffs.assign(interval=[_interval(r) for _, r in diffs.iterrows()])
+                   [["mt_native_share", "baseline", "interval", "n_seeds", "verdict"]]
+                   if len(diffs) else diffs), ""])
+
+    def cost(self) -> str:
+        runs = pd.concat(list(self.runs.values()), ignore_index=True)
+        runs = runs[(runs["sweep"] == "budget") & (runs["cla_steps"] == MIDDLE_STEPS)] \
+            if "budget" in self.runs else runs
+        costs = step_costs(runs)
+        if costs.empty:
+            return ""
+        table = costs.groupby(["stage", "method"], sort=False).agg(
+            trainable_params=("trainable_params", "max"), ms_per_step=("ms_per_step", "median"),
+            ratio_to_static=("ratio_to_static", "median"), runs=("run", "nunique")).reset_index()
+        self.tables["cost"] = table
+        return "\n".join([
+            "## Cost",
+            "Trainable parameters and time per training step at the middle budget (median over "
+            "seeds; ratio to the static adapter measured within each run, which trains every "
+            "method in one process; two points ran at once on 2 cores, one thread each):", "",
+            _table(table, digits=2), ""])
+
+    def markdown(self, figures: Path, discussion: str = "") -> str:
+        head = ["# Findings of the study", "",
+                "Generated by `python -m dasd_lib.findings` from the run folders of the study "
+                "sweeps (params/study/*.yaml, base params/study.yaml: one target language, "
+                "German; finetune setting; evaluated on the 500-image validation split, so the "
+                "test split stays untouched for the final comparison). " + PAIRING, ""]
+        found = ", ".join(f"{k} ({len(v)} runs)" for k, v in self.runs.items())
+        missing = [s for s in SWEEPS if s not in self.runs]
+        head.append(f"Sweeps found: {found or 'none'}." +
+                    (f" Not run yet: {', '.join(missing)}." if missing else "") + "\n")
+        body = [getattr(self, name)(figures) for name in SWEEPS if name in self.runs]
+        if self.runs:
+            body.append(self.cost())
+        if discussion:
+            body.append(discussion)
+        return "\n".join(head + body)
+
+
+def write_findings(sweeps_dir: str | Path, out: str | Path,
+                   discussion: str | Path | None = None) -> Path:
+    """Write `out` (markdown), its figures in <out stem>/ beside it and every table as
+    <out stem>/<table>.csv; `discussion`: a hand-written markdown file appended verbatim."""
+    out = Path(out)
+    figures = out.parent / out.stem
+    findings = Findings(sweeps_dir)
+    text = findings.markdown(figures, Path(discussion).read_text(encoding="utf-8")
+                             if discussion and Path(discussion).is_file() else "")
+    figures.mkdir(parents=True, exist_ok=True)
+    for name, table in findings.tables.items():
+        table.to_csv(figures / f"{name}.csv", index=False)
+    out.write_text(text, encoding="utf-8")
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sweeps-dir", default="reports/sweeps")
+    ap.add_argument("--out", default="docs/findings.md")
+    ap.add_argument("--discussion", default="docs/findings_discussion.md",
+                    help="hand-written conclusions appended verbatim (skipped when absent)")
+    args = ap.parse_args(argv)
+    if not Path(args.sweeps_dir).is_dir():
+        print(f"dasd-findings: no sweeps folder {args.sweeps_dir}; run the study sweeps "
+              "(params/study/*.yaml) first", file=sys.stderr)
+        return 2
+    print(f"dasd-findings: wrote {write_findings(args.sweeps_dir, args.out, args.discussion)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
