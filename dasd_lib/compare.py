@@ -23,9 +23,11 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from .config import SOURCE_LANG, RunConfig, load_params
+from .config import (INTERACTIVE_ID, RUN_NAMING_KEYS, SOURCE_LANG, RunConfig, find_project_root,
+                     load_params)
 from .metrics import seed_interval
-from .run import INTERACTIVE_ID, RUN_NAMING_KEYS, find_project_root
+from .evaluate import summary_table
+from .plots import _empty, _palette
 
 SEEDS_KEY = "run.seeds"
 RUN_COLUMN = "run"
@@ -201,7 +203,6 @@ def sumr_points(seeds: pd.DataFrame, keys: Sequence[str], x: str | None = None) 
 def run_summaries(runs: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
     """dasd_lib.evaluate.summary_table of every run and test variant (its SumR intervals
     where summary_table has them), with the run's swept values."""
-    from .evaluate import summary_table
     results = _read_csvs(runs, "results.csv")
     if results.empty:
         return pd.DataFrame()
@@ -263,7 +264,6 @@ def plot_against(points: pd.DataFrame, x: str, value: str, *, panels: Sequence[s
     ci_high where there are any. `reference`: a dashed line per panel at a column's mean
     (chance) or at a number (0)."""
     import matplotlib.pyplot as plt
-    from .explore import _empty, _palette
     panel_values = list(dict.fromkeys(zip(*(points[c] for c in panels)))) if len(points) else []
     n = max(1, len(panel_values))
     ncols = min(n, PANELS_PER_ROW)

@@ -175,7 +175,7 @@ class ExploreConfig:
     umap_neighbors: int = 15
     umap_min_dist: float = 0.1
     probe_methods: list[str] = field(default_factory=lambda: ["dasd"])
-    # --- notebook 05 (dasd_lib/explore.py) ---
+    # --- notebook 05 (dasd_lib/disentangle.py, dasd_lib/explorer.py) ---
     # methods whose f_sr / f_sa / r_T get UMAP plots (each costs a few seconds)
     umap_methods: list[str] = field(default_factory=lambda: ["dasd"])
     # content targets of the probes: columns of dasd_lib.data.content_labels
@@ -316,3 +316,27 @@ def seeds_used(params: Params) -> dict[str, Any]:
 
 def save_params(params: Params, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(params.to_dict(), sort_keys=False), encoding="utf-8")
+
+# ----------------------------------------------------------------------------- names shared by every layer
+
+STAGE_ALIASES = {"nlt": "cla", "le": "cma", "cla": "cla", "cma": "cma", "vlp": "vlp"}
+INTERACTIVE_ID = "interactive"  # the run folder of a notebook opened alone in JupyterLab
+# params that name the run rather than change it: ignored when comparing two runs' params
+RUN_NAMING_KEYS = ("run.run_id", "run.reports_dir")
+
+
+def canonical_stage(name: str) -> str:
+    """vlp, cla or cma for a stage name or its alias (nlt = cla, le = cma)."""
+    try:
+        return STAGE_ALIASES[name.lower()]
+    except KeyError:
+        raise ValueError(f"unknown stage '{name}'; use vlp, cla (nlt) or cma (le)") from None
+
+
+def find_project_root(start: Path | None = None) -> Path | None:
+    """The nearest folder at or above `start` holding both notebooks/ and params/."""
+    start = (start or Path.cwd()).resolve()
+    for folder in (start, *start.parents):
+        if (folder / "notebooks").is_dir() and (folder / "params").is_dir():
+            return folder
+    return None

@@ -1,21 +1,21 @@
-"""Evaluation: embed test captions with each method, rank the test images, write the
-comparison table (results.csv in long form, results.md) and the differences between
-run.compare_to and every other method with paired-bootstrap intervals (comparisons.csv)."""
+"""Evaluation: embed test captions with a target model, rank the test images, score them
+(recall, per-image hits), and the differences between run.compare_to and every other
+method with paired-bootstrap intervals (comparisons.csv). The loop over a run's settings,
+methods and seeds that writes results.csv is dasd_lib.pipeline.evaluate_run."""
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from .config import Params, SOURCE_LANG
-from .metrics import (bootstrap_weights, chance_sumr, paired_differences, recall_metrics_and_hits,
+from .config import Params
+from .metrics import (bootstrap_weights, paired_differences, recall_metrics_and_hits,
                       sumr_replicates)
-from .report import COMPARISONS_FILE, headline_rows, seed_summary, write_results_markdown
+from .report import COMPARISONS_FILE, headline_rows, seed_summary, write_results_markdown  # noqa: F401
 
 log = logging.getLogger("dasd_lib.evaluate")
 
@@ -109,92 +109,6 @@ def kfold_for(params: Params, lang: str) -> int:
     ja (and en) test is 5 folds of 1K images, its zh test (COCO-CN) one 1K set."""
     langs = params.run.kfold_langs
     return params.run.kfold if not langs or lang in langs else 0
-
-
-def english_oracle(params: Params, run_dir, *, backbone=None, setting: str = "finetune") -> dict:
-    """Translate-test oracle / English sanity check: the frozen VLP on the English test
-    captions. Uses the run's frozen-feature cache, which evaluation and exploration share."""
-    from .pipeline import cache_dir, get_backbone, test_table
-    from .train import frozen_features, resolve_device
-
-    backbone = backbone or get_backbone(params, run_dir, setting)
-    test = test_table(params)
-    feats = frozen_features(backbone, test, image_size=params.data.image_size,
-                            cache_dir=cache_dir(params, run_dir),
-                            device=resolve_device(params.run.device))
-    image_ids = unique_images(test).image_id.tolist()
-    english = test[(test.lang == SOURCE_LANG)].reset_index(drop=True)
-    metrics = score_captions(feats.texts(english.caption.tolist()).numpy(), english, image_ids,
-                             feats.images(image_ids).numpy(), kfold_for(params, SOURCE_LANG))
-    cpi = max(1, round(len(english) / max(1, len(image_ids))))
-    metrics["chance_SumR"] = chance_sumr(len(image_ids), cpi)
-    return metrics
-
-
-def evaluate_run(params: Params, run_dir, *, write: bool = True) -> pd.DataFrame:
-    """Every (setting, method, seed, target language, test variant) of the run, in long
-    form; the oracle is reported once per seed list under lang 'en'. With `write`:
-    results.csv, comparisons.csv (compare_methods on the same ranks) and results.md."""
-    from .model import METHODS
-    from .pipeline import cache_dir, get_backbone, load_trained_model, test_table
-    from .train import frozen_features, resolve_device
-
-    run_dir = Path(run_dir)
-    device = resolve_device(params.run.device)
-    test = test_table(params)
-    images = unique_images(test)
-    image_ids = images.image_id.tolist()
-    rows, scored, hits = [], [], []
-    tokens: dict[tuple, tuple] = {}
-    for setting in params.run.settings:
-        backbone = get_backbone(params, run_dir, setting)
-        feats = frozen_features(backbone, test, image_size=params.data.image_size,
-                                cache_dir=cache_dir(params, run_dir), device=device)
-        image_emb = feats.images(image_ids).numpy()
-        for method in params.run.methods.get(setting, []):
-            spec = METHODS[method]
-            seeds = params.run.seeds[:1] if spec.oracle else params.run.seeds
-            for seed in seeds:
-                base = {"setting": setting, "method": method, "seed": seed}
-                if spec.oracle:
-                    english = test[test.lang == SOURCE_LANG]
-                    m = score_captions(feats.texts(english.caption.tolist()).numpy(), english,
-                                       image_ids, image_emb, kfold_for(params, SOURCE_LANG))
-                    rows.append(base | {"variant": "native", "lang": SOURCE_LANG,
-                                        "trainable_params": 0} | m)
-                    continue  # no hits kept: scored on English, it is no baseline for targets
-                model = load_trained_model(params, run_dir, setting, method, seed).to(device)
-                n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad) if spec.trained else 0
-                for lang in params.data.langs:
-                    for variant in params.run.eval_variants:
-                        caps = test[(test.lang == lang) & (test.variant == variant)]
-                        if caps.empty:
-                            continue
-                        # every method of a setting shares the backbone's tokenizer: tokenize once
-                        key = (id(backbone), lang, variant)
-                        if key not in tokens:
-                            tokens[key] = backbone.tokenize_target(caps.caption.tolist())
-                        emb = embed_target(model, backbone, caps.caption.tolist(), lang, device=device,
-                                           batch_size=params.run.eval_batch_size, tokens=tokens[key])
-                        m, h = score_captions_with_hits(emb.r_T, caps, image_ids, image_emb,
-                                                        kfold_for(params, lang))
-                        rows.append(base | {"variant": variant, "lang": lang,
-                                            "trainable_params": n_trainable} | m)
-                        scored.append(base | {"variant": variant, "lang": lang})
-                        hits.append(h)
-    frame = pd.DataFrame(rows).assign(split=params.run.eval_split)
-    frame = frame[[c for c in RESULT_COLUMNS if c in frame] +
-                  [c for c in frame if c not in RESULT_COLUMNS and "@" not in c]]
-    if write:
-        comparisons = compare_methods(pd.DataFrame(scored, columns=SCORE_KEYS), hits,
-                                      compare_to=params.run.compare_to,
-                                      n_boot=params.run.bootstrap_samples,
-                                      seed=params.run.bootstrap_seed,
-                                      split=params.run.eval_split)
-        frame.to_csv(run_dir / "results.csv", index=False)
-        comparisons.to_csv(run_dir / COMPARISONS_FILE, index=False)
-        write_results_markdown(run_dir)
-    return frame
 
 
 def compare_methods(scored: pd.DataFrame, hits: list[np.ndarray], *, compare_to: str = "dasd",

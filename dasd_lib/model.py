@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dasd_lib.backbones.base import Backbone, last_token_index
+from dasd_lib.backbones.tiny import ShapeBackbone
 from dasd_lib.config import ModelConfig
 
 
@@ -352,7 +353,6 @@ class Discriminator(nn.Module):
 def count_trainable(cfg: ModelConfig, method: str, n_langs: int, vocab: int, e: int) -> int:
     """Trainable parameters of `method` for a backbone of cfg's sizes (embed_dim, text_width,
     text_layers, context_length), without allocating weights (meta device)."""
-    from dasd_lib.backbones.tiny import ShapeBackbone
     with torch.device("meta"):
         backbone = ShapeBackbone(cfg=cfg, vocab=vocab, e=e)
         model = build_target_model(backbone, cfg, method, [f"lang{i}" for i in range(n_langs)])

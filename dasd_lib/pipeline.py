@@ -12,18 +12,26 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from filelock import FileLock
 
+from .backbones import build_tiny_backbone, load_backbone, load_hf_backbone
 from .checkpoint import (PRETRAINED_FILES, CheckpointError, atomic_dir, check_record, fingerprint,
-                         make_record, read_meta)
-from .config import ConfigError, DataConfig, Params, SOURCE_LANG
-from .train import (TrainingError, _file_fingerprint, canonical_stage, features_key, frozen_features,
+                         from_pretrained, make_record, read_meta)
+from .config import SOURCE_LANG, ConfigError, DataConfig, Params, canonical_stage
+from .evaluate import (COMPARISONS_FILE, RESULT_COLUMNS, SCORE_KEYS, compare_methods, embed_target,
+                       kfold_for, score_captions, score_captions_with_hits, unique_images,
+                       write_results_markdown)
+from .metrics import chance_sumr
+from .data import load_corpus, load_images
+from .model import METHODS, build_target_model
+from .train import (TrainingError, file_fingerprint, features_key, frozen_features,
                     apply_determinism, make_target_data, resolve_device, stage_inputs, stage_records, target_data_key,
                     train_target_stage, train_vlp_stage, training_rows)
 
@@ -72,13 +80,11 @@ def corpus_config(params: Params, setting: str) -> DataConfig:
 
 @lru_cache(maxsize=8)
 def _load_table_cached(cfg_json: str) -> pd.DataFrame:
-    from .data import load_corpus
     return load_corpus(DataConfig(**json.loads(cfg_json)))
 
 
 def load_table(cfg: DataConfig) -> pd.DataFrame:
     """The corpus table (generated on first use for synthetic corpora); memoised per config."""
-    from dataclasses import asdict
     return _load_table_cached(json.dumps(asdict(cfg), sort_keys=True)).copy()
 
 
@@ -122,7 +128,6 @@ def get_backbone(params: Params, run_dir: str | Path, setting: str):
     """The frozen VLP a setting uses. tiny: the VLP notebook 01 trained (both settings).
     hf: the English-fine-tuned CLIP in the finetune setting when notebook 01 made one,
     else the CLIP from model.clip_path."""
-    from .backbones import load_backbone, load_hf_backbone
     paths = RunPaths(Path(run_dir))
     if params.model.backbone == "tiny":
         where = paths.backbone
@@ -186,7 +191,7 @@ def vlp_record(params: Params, train: pd.DataFrame, multilingual_texts: list[str
     image size and the data (captions, image files, tokenizer texts)."""
     data = fingerprint({
         "captions": fingerprint(train.caption.tolist()),
-        "images": _file_fingerprint(train.image_path.tolist()),
+        "images": file_fingerprint(train.image_path.tolist()),
         "tokenizer_texts": fingerprint(multilingual_texts)})
     inputs = {"vlp": stage_inputs(params.vlp),
               "model": {k: getattr(params.model, k) for k in VLP_MODEL_FIELDS},
@@ -225,12 +230,6 @@ def source_vlp(params: Params, run_dir: str | Path, resume: bool = True,
     `restart`. With run.shared_dir, a VLP with the same record is taken from (or put into)
     <shared_dir>/vlp/<fingerprint>/, under a file lock, so runs differing only on the
     target side (a sweep) train it once."""
-    from filelock import FileLock
-
-    from .backbones import build_tiny_backbone, load_backbone, load_hf_backbone
-    from .data import load_images
-    from .evaluate import english_oracle
-
     paths = RunPaths(Path(run_dir))
     device = resolve_device(params.run.device)
     train, multilingual_texts = vlp_training_texts(params)
@@ -306,7 +305,6 @@ def source_vlp(params: Params, run_dir: str | Path, resume: bool = True,
 # ----------------------------------------------------------------------------- target stages (02, 03)
 
 def trained_methods(params: Params, setting: str) -> list[str]:
-    from .model import METHODS
     names = params.run.methods.get(setting, [])
     unknown = [m for m in names if m not in METHODS]
     if unknown:
@@ -371,8 +369,6 @@ def load_losses(run_dir: str | Path, stage: str) -> pd.DataFrame:
 def load_trained_model(params: Params, run_dir: str | Path, setting: str, method: str, seed: int):
     """The model a method ends with: CMA weights for trained methods; for untrained ones
     (the floor) a fresh target tower built with the seed."""
-    from .checkpoint import from_pretrained
-    from .model import METHODS, build_target_model
     backbone = get_backbone(params, run_dir, setting)
     spec = METHODS[method]
     if not spec.trained:
@@ -394,3 +390,84 @@ def setting_data_key(params: Params, setting: str, backbone) -> str:
     corpus = corpus_config(params, setting)
     rows = training_rows(load_table(corpus), params.data.langs)
     return target_data_key(rows, features_key(backbone, rows, corpus.image_size))
+
+
+# ----------------------------------------------------------------------------- evaluation (04)
+
+def english_oracle(params: Params, run_dir, *, backbone=None, setting: str = "finetune") -> dict:
+    """Translate-test oracle / English sanity check: the frozen VLP on the English test
+    captions. Uses the run's frozen-feature cache, which evaluation and exploration share."""
+    backbone = backbone or get_backbone(params, run_dir, setting)
+    test = test_table(params)
+    feats = frozen_features(backbone, test, image_size=params.data.image_size,
+                            cache_dir=cache_dir(params, run_dir),
+                            device=resolve_device(params.run.device))
+    image_ids = unique_images(test).image_id.tolist()
+    english = test[(test.lang == SOURCE_LANG)].reset_index(drop=True)
+    metrics = score_captions(feats.texts(english.caption.tolist()).numpy(), english, image_ids,
+                             feats.images(image_ids).numpy(), kfold_for(params, SOURCE_LANG))
+    cpi = max(1, round(len(english) / max(1, len(image_ids))))
+    metrics["chance_SumR"] = chance_sumr(len(image_ids), cpi)
+    return metrics
+
+
+def evaluate_run(params: Params, run_dir, *, write: bool = True) -> pd.DataFrame:
+    """Every (setting, method, seed, target language, test variant) of the run, in long
+    form; the oracle is reported once per seed list under lang 'en'. With `write`:
+    results.csv, comparisons.csv (compare_methods on the same ranks) and results.md."""
+    run_dir = Path(run_dir)
+    device = resolve_device(params.run.device)
+    test = test_table(params)
+    images = unique_images(test)
+    image_ids = images.image_id.tolist()
+    rows, scored, hits = [], [], []
+    tokens: dict[tuple, tuple] = {}
+    for setting in params.run.settings:
+        backbone = get_backbone(params, run_dir, setting)
+        feats = frozen_features(backbone, test, image_size=params.data.image_size,
+                                cache_dir=cache_dir(params, run_dir), device=device)
+        image_emb = feats.images(image_ids).numpy()
+        for method in params.run.methods.get(setting, []):
+            spec = METHODS[method]
+            seeds = params.run.seeds[:1] if spec.oracle else params.run.seeds
+            for seed in seeds:
+                base = {"setting": setting, "method": method, "seed": seed}
+                if spec.oracle:
+                    english = test[test.lang == SOURCE_LANG]
+                    m = score_captions(feats.texts(english.caption.tolist()).numpy(), english,
+                                       image_ids, image_emb, kfold_for(params, SOURCE_LANG))
+                    rows.append(base | {"variant": "native", "lang": SOURCE_LANG,
+                                        "trainable_params": 0} | m)
+                    continue  # no hits kept: scored on English, it is no baseline for targets
+                model = load_trained_model(params, run_dir, setting, method, seed).to(device)
+                n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad) if spec.trained else 0
+                for lang in params.data.langs:
+                    for variant in params.run.eval_variants:
+                        caps = test[(test.lang == lang) & (test.variant == variant)]
+                        if caps.empty:
+                            continue
+                        # every method of a setting shares the backbone's tokenizer: tokenize once
+                        key = (id(backbone), lang, variant)
+                        if key not in tokens:
+                            tokens[key] = backbone.tokenize_target(caps.caption.tolist())
+                        emb = embed_target(model, backbone, caps.caption.tolist(), lang, device=device,
+                                           batch_size=params.run.eval_batch_size, tokens=tokens[key])
+                        m, h = score_captions_with_hits(emb.r_T, caps, image_ids, image_emb,
+                                                        kfold_for(params, lang))
+                        rows.append(base | {"variant": variant, "lang": lang,
+                                            "trainable_params": n_trainable} | m)
+                        scored.append(base | {"variant": variant, "lang": lang})
+                        hits.append(h)
+    frame = pd.DataFrame(rows).assign(split=params.run.eval_split)
+    frame = frame[[c for c in RESULT_COLUMNS if c in frame] +
+                  [c for c in frame if c not in RESULT_COLUMNS and "@" not in c]]
+    if write:
+        comparisons = compare_methods(pd.DataFrame(scored, columns=SCORE_KEYS), hits,
+                                      compare_to=params.run.compare_to,
+                                      n_boot=params.run.bootstrap_samples,
+                                      seed=params.run.bootstrap_seed,
+                                      split=params.run.eval_split)
+        frame.to_csv(run_dir / "results.csv", index=False)
+        comparisons.to_csv(run_dir / COMPARISONS_FILE, index=False)
+        write_results_markdown(run_dir)
+    return frame

@@ -13,9 +13,9 @@ with the *project root* (the folder holding notebooks/) as working directory, so
 paths in the parameters (dataset/, reports/) mean the same as on the command line and as
 in JupyterLab, where `prepare_run` changes into the project root for the same reason.
 
-Only one runner may work in a run folder at a time: it holds reports/<id>/.lock, created
-with O_CREAT|O_EXCL (and flock'ed where the OS has it); a lock left by a dead process on
-this host is reclaimed. A folder that already holds a run is only reused with --resume.
+Only one runner may work in a run folder at a time: it holds an flock on
+reports/<id>/.lock (filelock; the kernel drops it when the holder dies, so nothing is
+left to reclaim) and names itself in .lock.json. A folder that already holds a run is only reused with --resume.
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ import dataclasses
 import datetime as _dt
 import importlib.metadata
 import json
+import logging
 import os
 import platform
 import re
@@ -35,12 +36,12 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from .config import ConfigError, Params, load_params, save_params, seeds_used
+from filelock import FileLock, Timeout
 
-try:  # POSIX only; elsewhere the lock falls back to the pid check alone
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None
+from . import pipeline
+from .config import (INTERACTIVE_ID, RUN_NAMING_KEYS, ConfigError, Params,  # noqa: F401
+                     canonical_stage, find_project_root, load_params, save_params, seeds_used)
+from .storage import atomic_write
 
 KERNEL_NAME = "python3"
 NOTEBOOK_RE = re.compile(r"^(\d{2})_[\w.-]+\.ipynb$")
@@ -49,16 +50,12 @@ RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 # never part of a run, so find_notebooks leaves them out
 COMPARE_NOTEBOOK = "07_compare_runs.ipynb"
 CROSS_RUN_NOTEBOOKS = (COMPARE_NOTEBOOK,)
-INTERACTIVE_ID = "interactive"
 RUN_SUBDIRS = ("figures", "artifacts", "losses")
-# params that name the run rather than change it: ignored when comparing two runs' params
-RUN_NAMING_KEYS = ("run.run_id", "run.reports_dir")
 # versions recorded in env.json (import names differ; these are distribution names)
 PACKAGES = ("dasd_lib", "torch", "transformers", "tokenizers", "safetensors", "accelerate",
             "numpy", "pandas", "scikit-learn", "umap-learn", "matplotlib", "pillow",
             "papermill", "nbconvert", "nbformat", "ipykernel", "ipywidgets", "jupyterlab",
             "pyyaml", "tqdm")
-STALE_EMPTY_LOCK_S = 60.0  # a lock file with no readable owner older than this is stale
 # training stages in order, and the notebook that trains each: restarting one restarts the
 # later ones too, since each starts from the one before
 STAGE_NOTEBOOKS = {"vlp": "01", "cla": "02", "cma": "03"}
@@ -66,7 +63,6 @@ STAGE_NOTEBOOKS = {"vlp": "01", "cla": "02", "cma": "03"}
 
 def stages_to_restart(stages: Sequence[str] | None) -> list[str]:
     """The named stages (vlp, cla/nlt, cma/le) and every later one, in order."""
-    from .train import canonical_stage
     order = list(STAGE_NOTEBOOKS)
     try:
         named = [canonical_stage(s.strip()) for item in stages or [] for s in str(item).split(",") if s.strip()]
@@ -123,13 +119,6 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in values.items():
@@ -149,15 +138,6 @@ def params_diff(a: Params, b: Params, ignore: Sequence[str] = RUN_NAMING_KEYS) -
 
 def _with_run_id(params: Params, run_id: str) -> Params:
     return dataclasses.replace(params, run=dataclasses.replace(params.run, run_id=run_id))
-
-
-def find_project_root(start: Path | None = None) -> Path | None:
-    """The nearest folder at or above `start` holding both notebooks/ and params/."""
-    start = (start or Path.cwd()).resolve()
-    for folder in (start, *start.parents):
-        if (folder / "notebooks").is_dir() and (folder / "params").is_dir():
-            return folder
-    return None
 
 
 def _resolve_input(path: str | Path, root: Path | None) -> Path:
@@ -293,103 +273,52 @@ def collect_env(root: Path, command: Sequence[str] | None = None) -> dict[str, A
 
 # ----------------------------------------------------------------------------- the lock
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, belongs to someone else
-        return True
-    return True
-
-
 class RunLock:
-    """Exclusive ownership of a run folder: `.lock` created with O_CREAT|O_EXCL and kept
-    flock'ed while the run lasts. A lock whose owner died on this host is reclaimed."""
+    """Exclusive ownership of a run folder: an flock on `.lock` (filelock), which the kernel
+    drops when the holder exits or is killed, so no lock outlives its process and none has
+    to be reclaimed. The holder's pid, host, start time and command are kept in
+    `.lock.json` for the message another runner gets."""
 
     def __init__(self, run_dir: str | Path):
         self.path = Path(run_dir) / ".lock"
-        self._fd: int | None = None
+        self.owner_path = Path(run_dir) / ".lock.json"
+        self._lock = FileLock(self.path, timeout=0, thread_local=False, is_singleton=False)
+
+    @property
+    def held(self) -> bool:
+        return self._lock.is_locked
 
     def acquire(self, command: str = "") -> "RunLock":
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "started": _now(),
-                "command": command}
-        for _ in range(5):  # retries only after reclaiming a stale lock
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                self._reclaim_or_raise()
-                continue
-            if fcntl is not None:
-                fcntl.flock(fd, fcntl.LOCK_EX)  # blocking: a checker may hold it for a moment
-            os.write(fd, json.dumps(info).encode())
-            os.fsync(fd)
-            self._fd = fd
-            return self
-        raise RunLockedError(f"could not take {self.path}: it keeps reappearing; "
-                             f"another dasd-run is starting in the same folder")
+        try:
+            self._lock.acquire()
+        except Timeout:
+            raise RunLockedError(self._held_message(self._owner())) from None
+        atomic_write(self.owner_path, json.dumps(
+            {"pid": os.getpid(), "host": socket.gethostname(), "started": _now(),
+             "command": command}))
+        return self
 
-    def _reclaim_or_raise(self) -> None:
+    def _owner(self) -> dict[str, Any]:
         try:
-            fd = os.open(self.path, os.O_RDWR)
-        except FileNotFoundError:
-            return  # released meanwhile: try again
-        try:
-            if fcntl is not None:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    raise RunLockedError(self._held_message(self._read(fd))) from None
-            owner = self._read(fd)
-            if not self._stale(owner, fd):
-                raise RunLockedError(self._held_message(owner))
-            try:  # still the file at self.path? Another runner may have reclaimed it first.
-                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                return
-            if same:
-                os.unlink(self.path)
-        finally:
-            os.close(fd)
-
-    @staticmethod
-    def _read(fd: int) -> dict[str, Any]:
-        os.lseek(fd, 0, os.SEEK_SET)
-        try:
-            owner = json.loads(os.read(fd, 65536).decode() or "{}")
-        except (ValueError, UnicodeDecodeError):
+            owner = json.loads(self.owner_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
             return {}
         return owner if isinstance(owner, dict) else {}
 
-    @staticmethod
-    def _stale(owner: dict[str, Any], fd: int) -> bool:
-        pid = owner.get("pid")
-        if isinstance(pid, int):
-            # a pid on another host cannot be checked from here: never stale
-            return owner.get("host") == socket.gethostname() and not _pid_alive(pid)
-        return time.time() - os.fstat(fd).st_mtime > STALE_EMPTY_LOCK_S
-
     def _held_message(self, owner: dict[str, Any]) -> str:
         who = (f"pid {owner.get('pid')} on {owner.get('host')}, started {owner.get('started')}"
-               if owner else "an unknown process")
+               if owner else "a process that has not written its name yet")
         return (f"run folder {self.path.parent} is in use by another dasd-run ({who}); "
-                f"wait for it to finish or pick another --run-id. "
-                f"If no run is active there, delete {self.path}.")
+                f"wait for it to finish or pick another --run-id")
 
     def release(self) -> None:
-        if self._fd is None:
+        if not self._lock.is_locked:
             return
-        try:
-            if os.stat(self.path).st_ino == os.fstat(self._fd).st_ino:
-                os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-        finally:
-            os.close(self._fd)  # also drops the flock
-            self._fd = None
+        self.owner_path.unlink(missing_ok=True)
+        self._lock.release()
 
     def __enter__(self) -> "RunLock":
-        return self.acquire() if self._fd is None else self
+        return self.acquire() if not self.held else self
 
     def __exit__(self, *exc) -> None:
         self.release()
@@ -427,7 +356,7 @@ class _Records:
         self.save()
 
     def save(self) -> None:
-        _write_atomic(self.timings_path, json.dumps(self.timings, indent=2) + "\n")
+        atomic_write(self.timings_path, json.dumps(self.timings, indent=2) + "\n")
 
 
 def _run_status(run_dir: Path) -> str | None:
@@ -523,7 +452,7 @@ def run_notebooks(params_path: str | Path, run_id: str | None = None,
             except (OSError, ValueError):
                 pass
         save_params(params, run_dir / "params.yaml")
-        _write_atomic(run_dir / "env.json", json.dumps(env, indent=2) + "\n")
+        atomic_write(run_dir / "env.json", json.dumps(env, indent=2) + "\n")
         for sub in (*RUN_SUBDIRS, "notebooks"):
             (run_dir / sub).mkdir(exist_ok=True)
 
@@ -637,10 +566,54 @@ def prepare_run(params_file: str | Path, run_dir: str | Path,
 def _record(params: Params, folder: Path, root: Path) -> tuple[Params, Path]:
     save_params(params, folder / "params.yaml")
     env = collect_env(root) | {"seeds": seeds_used(params)}
-    _write_atomic(folder / "env.json", json.dumps(env, indent=2) + "\n")
+    atomic_write(folder / "env.json", json.dumps(env, indent=2) + "\n")
     for sub in RUN_SUBDIRS:
         (folder / sub).mkdir(exist_ok=True)
     return params, folder
+
+
+# ----------------------------------------------------------------------------- training outside the notebooks
+
+def train_main(argv: list[str] | None = None) -> int:
+    """Train one stage of a run outside the notebooks, e.g. on several GPUs:
+
+        accelerate launch -m dasd_lib.train --params params/paper_multi30k.yaml \\
+            --run-dir reports/m30k --stage cla
+
+    The same functions as notebooks 01-03 run; each process trains on its own batches and
+    the main process writes checkpoints and loss files. It holds the run folder's lock
+    (RunLock) while it trains, so it never trains into a folder a dasd-run is using."""
+    parser = argparse.ArgumentParser(prog="python -m dasd_lib.train", description=train_main.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", required=True)
+    parser.add_argument("--run-dir", required=True)
+    parser.add_argument("--stage", required=True, help="vlp, cla (nlt) or cma (le)")
+    parser.add_argument("-p", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--restart", action="store_true",
+                        help="train the stage from scratch even if the run folder holds one "
+                             "made from other inputs (otherwise refused, naming what differs)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    run_dir = Path(args.run_dir)
+    # the run id is the folder's name, so `dasd-run --run-id <name> --resume` continues it
+    params = load_params(args.params, [*args.overrides, f"run.run_id={run_dir.name}"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = RunLock(run_dir).acquire(shlex.join(["python -m dasd_lib.train", *(argv or sys.argv[1:])]))
+    except RunLockedError as err:
+        print(f"python -m dasd_lib.train: {err}", file=sys.stderr)
+        return 2
+    try:
+        if not (run_dir / "params.yaml").exists():
+            save_params(params, run_dir / "params.yaml")
+        stage = canonical_stage(args.stage)
+        if stage == "vlp":
+            pipeline.source_vlp(params, run_dir, restart=args.restart)
+        else:
+            print(pipeline.train_stage_all(params, run_dir, stage, restart=args.restart).to_string())
+    finally:
+        lock.release()
+    return 0
 
 
 # ----------------------------------------------------------------------------- command line

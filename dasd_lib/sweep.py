@@ -46,7 +46,8 @@ import yaml
 from . import run as runner
 from .compare import sweep_run_dirs, value_text
 from .config import ConfigError, load_params
-from .run import (RUN_ID_RE, RunError, _now, _resolve_input, _write_atomic, find_project_root,
+from .storage import atomic_write
+from .run import (RUN_ID_RE, RunError, _now, _resolve_input, find_project_root,
                   params_diff)
 
 SWEEP_KEYS = ("params", "overrides", "grid", "notebooks", "only", "sweep_id")
@@ -272,7 +273,7 @@ class _Status:
             self.save()
 
     def save(self) -> None:
-        _write_atomic(self.path, json.dumps(self.data, indent=2) + "\n")
+        atomic_write(self.path, json.dumps(self.data, indent=2) + "\n")
 
 
 @dataclasses.dataclass
@@ -304,7 +305,7 @@ def _check_definition(sweep_dir: Path, sweep: Sweep, points: Sequence[Point]) ->
     record = {"sweep_id": sweep.sweep_id, **definition, "notebooks": str(sweep.notebooks),
               "only": sweep.only,
               "points": [{"name": p.name, "overrides": list(p.overrides)} for p in points]}
-    _write_atomic(path, yaml.safe_dump(record, sort_keys=False, allow_unicode=True))
+    atomic_write(path, yaml.safe_dump(record, sort_keys=False, allow_unicode=True))
 
 
 def run_sweep(sweep: Sweep, *, reports_dir: str | Path | None = None, workers: int = 1,
@@ -465,7 +466,7 @@ def export_html(notebook: Path, out: Path, title: str) -> Path:
     exporter.exclude_output_prompt = True
     html, _ = exporter.from_notebook_node(nbformat.read(notebook, as_version=4),
                                           resources={"metadata": {"name": title}})
-    _write_atomic(out, html)
+    atomic_write(out, html)
     return out
 
 

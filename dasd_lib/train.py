@@ -3,13 +3,12 @@ and `cma` (alias `le`), with the losses of method.md.
 
 A stage is a function taking configs and returning a StageResult, so notebooks, the
 runner and the tests call the same thing. The frozen VLP's outputs (image embeddings
-r_V, source-caption embeddings r_S) are computed once and cached (see `frozen_features`).
+r_V, source-caption embeddings r_S) are computed once and cached (dasd_lib.features).
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 import math
 import os
@@ -26,24 +25,19 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from . import losses
-from .checkpoint import (CheckpointError, check_record, fingerprint, load_state,
-                         make_record, save_state)
-from .config import Params, StageConfig
+from .checkpoint import (CheckpointError, check_record, fingerprint, from_pretrained, load_state,
+                         make_record, save_pretrained, save_state)
+from .config import STAGE_ALIASES, Params, StageConfig, canonical_stage  # noqa: F401
+from .model import METHODS, Discriminator, build_target_model
+from .features import (FeaturesError, FrozenFeatures, cache_key, encode_images,  # noqa: F401
+                       encode_source_texts, features_key, file_fingerprint, frozen_features)
 
 log = logging.getLogger("dasd_lib.train")
 
-STAGE_ALIASES = {"nlt": "cla", "le": "cma", "cla": "cla", "cma": "cma", "vlp": "vlp"}
 
 
 class TrainingError(RuntimeError):
     """Training cannot go on (non-finite loss, unusable checkpoint); the message says why."""
-
-
-def canonical_stage(name: str) -> str:
-    try:
-        return STAGE_ALIASES[name.lower()]
-    except KeyError:
-        raise ValueError(f"unknown stage '{name}'; use vlp, cla (nlt) or cma (le)") from None
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -75,119 +69,6 @@ def autocast_dtype(cfg: StageConfig, device: torch.device) -> torch.dtype | None
     if cfg.precision == "auto":
         return torch.bfloat16 if device.type == "cuda" else None
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
-
-
-# ----------------------------------------------------------------------------- frozen cache
-
-@dataclass
-class FrozenFeatures:
-    """Frozen VLP outputs for one corpus: r_V per image id, r_S per English caption text."""
-    image_index: dict[str, int]
-    image_emb: torch.Tensor          # (N_img, d)
-    text_index: dict[str, int]
-    text_emb: torch.Tensor           # (N_txt, d)
-    key: str = ""
-    from_cache: bool = False
-
-    def images(self, ids) -> torch.Tensor:
-        return self.image_emb[[self.image_index[i] for i in ids]]
-
-    def texts(self, texts) -> torch.Tensor:
-        return self.text_emb[[self.text_index[t] for t in texts]]
-
-
-def _file_fingerprint(paths: list[str]) -> str:
-    """Path, size and mtime of every image: any change to an image file changes the key."""
-    h = hashlib.sha256()
-    for p in paths:
-        st = os.stat(p)
-        h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()
-
-
-def cache_key(backbone, image_paths: list[str], texts: list[str], image_size: int) -> str:
-    ident = backbone.identity()
-    payload = {
-        "backbone": ident["name"], "weights": ident["weights_hash"],
-        "images": _file_fingerprint(image_paths),
-        "texts": hashlib.sha256("\n".join(texts).encode()).hexdigest(),
-        "preprocess": {"image_size": image_size, "context_length": backbone.context_length},
-        "version": 1,
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
-
-
-@torch.no_grad()
-def encode_images(backbone, images: np.ndarray, device, batch_size: int = 256) -> torch.Tensor:
-    out = []
-    for i in range(0, len(images), batch_size):
-        pixels = backbone.preprocess_images(images[i:i + batch_size]).to(device)
-        out.append(backbone.encode_image(pixels).float().cpu())
-    return torch.cat(out) if out else torch.zeros(0, backbone.embed_dim)
-
-
-@torch.no_grad()
-def encode_source_texts(backbone, texts: list[str], device, batch_size: int = 512) -> torch.Tensor:
-    out = []
-    for i in range(0, len(texts), batch_size):
-        ids, mask = backbone.tokenize_source(texts[i:i + batch_size])
-        out.append(backbone.encode_source_text(ids.to(device), mask.to(device)).float().cpu())
-    return torch.cat(out) if out else torch.zeros(0, backbone.embed_dim)
-
-
-def _features_inputs(table: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    """The images (image_id, image_path) and English texts whose frozen outputs `table` needs."""
-    images = table.drop_duplicates(["image_id", "image_path"])[["image_id", "image_path"]]
-    if images.image_id.duplicated().any():
-        clash = images[images.image_id.duplicated(keep=False)].head(2).image_path.tolist()
-        raise TrainingError(f"image id '{images.image_id[images.image_id.duplicated()].iloc[0]}' names "
-                            f"different files ({clash}); image ids must be unique within a corpus")
-    texts = sorted(set(table.loc[table.lang == "en", "caption"]) |
-                   set(t for t in table.source_caption if t))
-    return images, texts
-
-
-def features_key(backbone, table: pd.DataFrame, image_size: int) -> str:
-    """The cache key `frozen_features` uses for `table`, without computing anything."""
-    images, texts = _features_inputs(table)
-    return cache_key(backbone, images.image_path.tolist(), texts, image_size)
-
-
-def frozen_features(backbone, table: pd.DataFrame, *, image_size: int, cache_dir: str | Path | None,
-                    device: torch.device, use_cache: bool = True) -> FrozenFeatures:
-    """r_V for every image of `table` and r_S for every English caption it holds (captions
-    with lang 'en' and every non-empty source_caption), cached under a key of the
-    backbone weights hash, the image files, the texts and the preprocessing."""
-    from .data import load_images
-
-    images, texts = _features_inputs(table)
-    key = cache_key(backbone, images.image_path.tolist(), texts, image_size)
-    path = Path(cache_dir) / key if cache_dir else None
-    image_ids = images.image_id.tolist()
-    if use_cache and path is not None and (path / "state.json").exists():
-        try:
-            tensors, meta = load_state(path)
-            if meta.get("kind", "frozen_features") == "frozen_features" and meta.get("key") == key \
-                    and meta.get("image_ids") == image_ids and meta.get("texts") == texts:
-                log.info("frozen features: cache hit %s", path)
-                return FrozenFeatures({i: n for n, i in enumerate(image_ids)}, tensors["image_emb"],
-                                      {t: n for n, t in enumerate(texts)}, tensors["text_emb"],
-                                      key=key, from_cache=True)
-            log.warning("frozen features: cache %s does not match its key; recomputing", path)
-        except CheckpointError as err:
-            log.warning("frozen features: cache %s unusable (%s); recomputing", path, err)
-    backbone.to(device).eval()
-    # in chunks: real corpora (CC300K: 300K images x 224 x 224 x 3 bytes = 45 GB) never fit at once
-    paths_all, chunk = images.image_path.tolist(), 4096
-    image_emb = torch.cat([encode_images(backbone, load_images(paths_all[i:i + chunk], image_size), device)
-                           for i in range(0, len(paths_all), chunk)]) if paths_all \
-        else torch.zeros(0, backbone.embed_dim)
-    text_emb = encode_source_texts(backbone, texts, device)
-    if use_cache and path is not None:
-        save_state(path, {"image_emb": image_emb, "text_emb": text_emb},
-                   {"kind": "frozen_features", "key": key, "image_ids": image_ids, "texts": texts})
-    return FrozenFeatures({i: n for n, i in enumerate(image_ids)}, image_emb,
-                          {t: n for n, t in enumerate(texts)}, text_emb, key=key)
 
 
 # ----------------------------------------------------------------------------- optimiser
@@ -556,7 +437,6 @@ def target_stage_record(params: Params, *, stage: str, setting: str, method: str
     """The record (checkpoint.make_record) of one method's CLA or CMA stage: its stage
     config, the model config, the method spec, the seed, the backbone identity, the data
     key and, for CMA, the record of the CLA model it starts from."""
-    from .model import METHODS
     stage = canonical_stage(stage)
     inputs = {stage: stage_inputs(getattr(params, stage)), "model": dataclasses.asdict(params.model),
               "method": dataclasses.asdict(METHODS[method]), "seed": seed,
@@ -586,8 +466,6 @@ def train_target_stage(*, params: Params, stage: str, method: str, seed: int, ba
     folder holding a stage trained with other inputs (parameters, backbone, data, seed,
     method, the CLA model it started from) raises StaleStageError naming what differs,
     unless `restart` (train from scratch, discarding the folder's checkpoints)."""
-    from .checkpoint import from_pretrained, save_pretrained
-    from .model import METHODS, Discriminator, build_target_model
 
     stage = canonical_stage(stage)
     cfg: StageConfig = getattr(params, stage)
@@ -700,43 +578,6 @@ def train_vlp_stage(*, backbone, images: np.ndarray, captions: list[str], image_
 
 # ----------------------------------------------------------------------------- command line
 
-def main(argv: list[str] | None = None) -> int:
-    """Train one stage of a run outside the notebooks, e.g. on several GPUs:
-
-        accelerate launch -m dasd_lib.train --params params/paper_multi30k.yaml \\
-            --run-dir reports/m30k --stage cla
-
-    The same functions as notebooks 01-03 run; each process trains on its own batches and
-    the main process writes checkpoints and loss files."""
-    import argparse
-
-    from .config import load_params, save_params
-    from . import pipeline
-
-    parser = argparse.ArgumentParser(prog="python -m dasd_lib.train", description=main.__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", required=True)
-    parser.add_argument("--run-dir", required=True)
-    parser.add_argument("--stage", required=True, help="vlp, cla (nlt) or cma (le)")
-    parser.add_argument("-p", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--restart", action="store_true",
-                        help="train the stage from scratch even if the run folder holds one "
-                             "made from other inputs (otherwise refused, naming what differs)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO)
-    run_dir = Path(args.run_dir)
-    # the run id is the folder's name, so `dasd-run --run-id <name> --resume` continues it
-    params = load_params(args.params, [*args.overrides, f"run.run_id={run_dir.name}"])
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not (run_dir / "params.yaml").exists():
-        save_params(params, run_dir / "params.yaml")
-    stage = canonical_stage(args.stage)
-    if stage == "vlp":
-        pipeline.source_vlp(params, run_dir, restart=args.restart)
-    else:
-        print(pipeline.train_stage_all(params, run_dir, stage, restart=args.restart).to_string())
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+if __name__ == "__main__":  # `python -m dasd_lib.train`: the command line lives in dasd_lib.run
+    from .run import train_main
+    raise SystemExit(train_main())

@@ -1,5 +1,6 @@
-"""dasd_lib.explore on hand-made inputs: the linear probe, the retrieval explorer's backing
-search, the W_z variation measure, the caption sample and figure saving."""
+"""dasd_lib.disentangle, dasd_lib.explorer and dasd_lib.plots on hand-made inputs: the linear
+probe, the retrieval explorer's backing search, the W_z variation measure, the caption
+sample and figure saving."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from dasd_lib import explore
+from dasd_lib import disentangle, explorer, plots
 from dasd_lib.model import TargetOutput
 
 
@@ -21,7 +22,7 @@ def test_probe_separable_labels_are_decoded():
     labels = np.repeat(["circle", "square", "star"], 50)
     X = np.eye(3)[np.repeat([0, 1, 2], 50)] * 3 + rng.normal(scale=0.3, size=(150, 3))
     X = np.hstack([X, rng.normal(size=(150, 5))])  # plus uninformative dimensions
-    accuracy, chance = explore.probe_accuracy(X, labels, seed=0)
+    accuracy, chance = disentangle.probe_accuracy(X, labels, seed=0)
     assert accuracy >= 0.95
     assert chance == pytest.approx(1 / 3, abs=0.05)  # stratified: the classes stay balanced
 
@@ -32,7 +33,7 @@ def test_probe_random_labels_stay_near_chance():
     for seed in range(5):
         X = rng.normal(size=(200, 10))
         labels = rng.integers(0, 2, size=200)
-        accuracy, chance = explore.probe_accuracy(X, labels, seed=seed)
+        accuracy, chance = disentangle.probe_accuracy(X, labels, seed=seed)
         assert 0.5 <= chance <= 0.65
         gaps.append(accuracy - chance)
     assert abs(float(np.mean(gaps))) < 0.12
@@ -45,9 +46,9 @@ def test_probe_hand_made_case():
                   0.2, 0.4, 0.6, 0.8, 1, 1.5, 2, 3, 4, 5])
     X = np.stack([x, np.zeros_like(x)], axis=1)
     labels = np.where(x > 0, "pos", "neg")
-    assert explore.probe_accuracy(X, labels, seed=3) == (1.0, 0.5)
+    assert disentangle.probe_accuracy(X, labels, seed=3) == (1.0, 0.5)
     # one class only: nothing to learn, everything right, chance 1
-    assert explore.probe_accuracy(X, ["same"] * 20, seed=0) == (1.0, 1.0)
+    assert disentangle.probe_accuracy(X, ["same"] * 20, seed=0) == (1.0, 1.0)
 
 
 def test_probe_groups_stop_memorising():
@@ -58,17 +59,17 @@ def test_probe_groups_stop_memorising():
     group_label = rng.integers(0, 2, size=40)
     X = np.eye(40)[groups] + rng.normal(scale=0.01, size=(240, 40))
     labels = group_label[groups]
-    mixed, _ = explore.probe_accuracy(X, labels, seed=0)
-    held_out, chance = explore.probe_accuracy(X, labels, seed=0, groups=groups)
+    mixed, _ = disentangle.probe_accuracy(X, labels, seed=0)
+    held_out, chance = disentangle.probe_accuracy(X, labels, seed=0, groups=groups)
     assert mixed >= 0.9
     assert held_out < chance + 0.2
 
 
 def test_probe_rejects_mismatched_input():
     with pytest.raises(ValueError, match="labels"):
-        explore.probe_accuracy(np.zeros((10, 2)), [0] * 9)
+        disentangle.probe_accuracy(np.zeros((10, 2)), [0] * 9)
     with pytest.raises(ValueError, match="at least 4"):
-        explore.probe_accuracy(np.zeros((3, 2)), [0, 1, 0])
+        disentangle.probe_accuracy(np.zeros((3, 2)), [0, 1, 0])
 
 
 # ----------------------------------------------------------------------------- search
@@ -119,8 +120,8 @@ IMAGE_EMB = np.array([[1, 0, 1, 0], [1, 0, 0, 1], [0, 1, 1, 0], [0, 1, 0, 1]], d
 
 
 def test_search_ranks_the_described_image_first():
-    results = explore.search_images(StubModel(), StubBackbone(), "ein blauer Kreis", "de",
-                                    IMAGE_IDS, IMAGE_EMB, k=4, device="cpu")
+    results = explorer.search_images(StubModel(), StubBackbone(), "ein blauer Kreis", "de",
+                                     IMAGE_IDS, IMAGE_EMB, k=4, device="cpu")
     assert [r[0] for r in results][:1] == ["blue_circle"]
     assert [r[1] for r in results] == [1, 2, 3, 4]
     assert results[0][2] == pytest.approx(1.0)
@@ -131,23 +132,23 @@ def test_search_ranks_the_described_image_first():
 
 
 def test_search_english_uses_the_frozen_source_tower_and_k():
-    results = explore.search_images(StubModel(), StubBackbone(), "red square", "en",
-                                    IMAGE_IDS, IMAGE_EMB, k=2, device="cpu")
+    results = explorer.search_images(StubModel(), StubBackbone(), "red square", "en",
+                                     IMAGE_IDS, IMAGE_EMB, k=2, device="cpu")
     assert len(results) == 2 and results[0][:2] == ("red_square", 1)
 
 
 def test_search_rejects_bad_input():
     with pytest.raises(ValueError, match="empty"):
-        explore.search_images(StubModel(), StubBackbone(), "  ", "de", IMAGE_IDS, IMAGE_EMB)
+        explorer.search_images(StubModel(), StubBackbone(), "  ", "de", IMAGE_IDS, IMAGE_EMB)
     with pytest.raises(ValueError, match="image ids"):
-        explore.search_images(StubModel(), StubBackbone(), "rot", "de", IMAGE_IDS[:3], IMAGE_EMB)
+        explorer.search_images(StubModel(), StubBackbone(), "rot", "de", IMAGE_IDS[:3], IMAGE_EMB)
 
 
 def test_retrieval_explorer_renders_the_first_query():
-    bank = explore.ImageBank(image_ids=IMAGE_IDS, image_emb=IMAGE_EMB,
-                             images=np.zeros((4, 8, 8, 3), np.uint8))
-    widget = explore.retrieval_explorer(StubModel(), StubBackbone(), bank, ["en", "de"], k=3,
-                                        query="blauer Kreis", lang="de")
+    bank = explorer.ImageBank(image_ids=IMAGE_IDS, image_emb=IMAGE_EMB,
+                              images=np.zeros((4, 8, 8, 3), np.uint8))
+    widget = explorer.retrieval_explorer(StubModel(), StubBackbone(), bank, ["en", "de"], k=3,
+                                         query="blauer Kreis", lang="de")
     controls, status, grid = widget.children
     assert len(grid.children) == 3
     assert "#1 blue_circle" in grid.children[0].children[1].value
@@ -163,9 +164,9 @@ def test_wz_variation_hand_made():
     # language and must not be paired with the others
     W = np.array([0.0, 1.0, 10.0, 100.0]).reshape(4, 1, 1, 1)
     content, style, lang = ["a", "a", "b", "a"], ["s", "t", "s", "t"], ["de", "de", "de", "fr"]
-    table = explore.wz_variation(W, content, style, lang).set_index("pair")
-    same_content = table.loc[explore.WZ_SAME_CONTENT]
-    same_style = table.loc[explore.WZ_SAME_STYLE]
+    table = disentangle.wz_variation(W, content, style, lang).set_index("pair")
+    same_content = table.loc[disentangle.WZ_SAME_CONTENT]
+    same_style = table.loc[disentangle.WZ_SAME_STYLE]
     assert same_content.mean_abs_diff == 1.0 and same_content.n_pairs == 1
     assert same_style.mean_abs_diff == 10.0 and same_style.n_pairs == 1
     assert same_style.relative == pytest.approx(10.0 / (111.0 / 4))
@@ -181,17 +182,17 @@ def test_wz_variation_finds_the_dominant_factor(style_scale, seed):
     c, s = np.meshgrid(np.arange(n_content), np.arange(n_style), indexing="ij")
     c, s = c.ravel(), s.ravel()
     W = content_part[c] + style_part[s]  # (N, L, r, r)
-    table = explore.wz_variation(W, c, s)
+    table = disentangle.wz_variation(W, c, s)
     by = table.pivot(index="layer", columns="pair", values="mean_abs_diff")
-    assert (by[explore.WZ_SAME_CONTENT] > by[explore.WZ_SAME_STYLE]).all()
-    swapped = explore.wz_variation(W, s, c).pivot(index="layer", columns="pair",
-                                                   values="mean_abs_diff")
-    assert (swapped[explore.WZ_SAME_STYLE] > swapped[explore.WZ_SAME_CONTENT]).all()
+    assert (by[disentangle.WZ_SAME_CONTENT] > by[disentangle.WZ_SAME_STYLE]).all()
+    swapped = disentangle.wz_variation(W, s, c).pivot(index="layer", columns="pair",
+                                                       values="mean_abs_diff")
+    assert (swapped[disentangle.WZ_SAME_STYLE] > swapped[disentangle.WZ_SAME_CONTENT]).all()
 
 
 def test_wz_variation_rejects_bad_shapes():
     with pytest.raises(ValueError, match=r"\(N, L, r, r\)"):
-        explore.wz_variation(np.zeros((3, 4, 4)), [0, 1, 2], [0, 1, 2])
+        disentangle.wz_variation(np.zeros((3, 4, 4)), [0, 1, 2], [0, 1, 2])
 
 
 # ----------------------------------------------------------------------------- sample, figures
@@ -212,15 +213,15 @@ def _test_table() -> pd.DataFrame:
 
 def test_sample_captions_is_deterministic_and_keeps_pairs():
     table = _test_table()
-    a = explore.sample_captions(table, ["de", "ja"], max_captions=40, seed=5)
-    b = explore.sample_captions(table.sample(frac=1, random_state=1), ["de", "ja"], 40, seed=5)
+    a = explorer.sample_captions(table, ["de", "ja"], max_captions=40, seed=5)
+    b = explorer.sample_captions(table.sample(frac=1, random_state=1), ["de", "ja"], 40, seed=5)
     pd.testing.assert_frame_equal(a, b)
     assert set(a.lang) == {"de", "ja"} and len(a) == 40  # 5 images x 2 langs x 2 variants x 2
     per_cell = a.groupby(["image_id", "lang", "variant"]).size()
     assert (per_cell == 2).all()
     assert a.image_id.nunique() == 5
-    assert not a.image_id.isin(explore.sample_captions(table, ["de", "ja"], 40, seed=6)
-                               .image_id).all()
+    assert not a.image_id.isin(explorer.sample_captions(table, ["de", "ja"], 40, seed=6)
+                                .image_id).all()
 
 
 def test_save_figure_writes_png(tmp_path):
@@ -229,7 +230,7 @@ def test_save_figure_writes_png(tmp_path):
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots()
     ax.plot([0, 1], [1, 0])
-    path = explore.save_figure(fig, tmp_path, "05 umap/dasd")
+    path = plots.save_figure(fig, tmp_path, "05 umap/dasd")
     plt.close(fig)
     assert path == tmp_path / "figures" / "05_umap_dasd.png"
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -298,7 +298,7 @@ def test_corrupt_feature_cache_is_recomputed_with_warning(smoke_run, tmp_path, c
     _, _, first = _inputs(params, run_dir, cache)
     folder = cache / first.key
     _corrupt(folder / target, kind)
-    caplog.set_level(logging.WARNING, "dasd_lib.train")
+    caplog.set_level(logging.WARNING, "dasd_lib.features")
     _, _, again = _inputs(params, run_dir, cache)
     assert not again.from_cache
     assert str(folder) in caplog.text and "recomputing" in caplog.text
@@ -522,7 +522,7 @@ def test_no_code_path_unpickles_weights():
 
 def test_smoke_pipeline_runs_with_the_network_blocked(tmp_path, monkeypatch):
     from dasd_lib.data import style_frequencies, token_coverage
-    from dasd_lib.evaluate import evaluate_run
+    from dasd_lib.pipeline import evaluate_run
     from dasd_lib.pipeline import forget_backbones, source_vlp, train_stage_all
 
     attempts = []
@@ -903,4 +903,4 @@ def test_two_dasd_run_processes_with_one_run_id(tmp_path):
     assert yaml.safe_load((run / "params.yaml").read_text())["cla"]["steps"] == 3
     assert (run / "done.txt").read_text() == "3"
     assert json.loads((run / "timings.json").read_text())["status"] == "completed"
-    assert not (run / ".lock").exists()
+    assert not (run / ".lock.json").exists()  # the lock was released with its owner record

@@ -351,7 +351,7 @@ def test_library_runs_real_layout_with_hf_backbone(release):
     zs = pipeline.get_backbone(params, run_dir, "zeroshot").identity()["weights_hash"]
     assert ft != zs
 
-    results = evaluate.evaluate_run(params, run_dir)
+    results = pipeline.evaluate_run(params, run_dir)
     assert (run_dir / "results.csv").is_file()
     assert set(results.variant) == {"native"}
     dasd = results[(results.method == "dasd")].set_index(["setting", "lang"])
@@ -364,7 +364,7 @@ def test_library_runs_real_layout_with_hf_backbone(release):
     # and with kfold on every language, zh's 3 images fail loudly rather than mis-split
     from dataclasses import replace
     with pytest.raises(ValueError, match="do not split into 2 equal folds"):
-        evaluate.evaluate_run(replace(params, run=replace(params.run, kfold_langs=[])), run_dir,
+        pipeline.evaluate_run(replace(params, run=replace(params.run, kfold_langs=[])), run_dir,
                               write=False)
 
 

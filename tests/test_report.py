@@ -14,7 +14,7 @@ from scipy import stats
 
 from dasd_lib.config import load_params, save_params
 from dasd_lib.evaluate import summary_table
-from dasd_lib.explore import per_language_table
+from dasd_lib.plots import per_language_table
 from dasd_lib.report import (differences_note, difference_tables, results_markdown, seed_summary, summary_tables,
                              write_report)
 
@@ -175,7 +175,7 @@ def test_notebook_and_report_tables_share_one_aggregation():
                                    "t2i_R1", "i2t_R1", "seeds", "trainable_params"]
     assert table.loc["static", "SumR_ci_high"] == pytest.approx(357.5 + half)
     assert table.loc["oracle", "SumR"] == 550.0 and np.isnan(table.loc["oracle", "SumR_ci_low"])
-    # explore.per_language_table (notebook 04's heatmap) and the report cells agree
+    # plots.per_language_table (notebook 04's heatmap) and the report cells agree
     per_lang = per_language_table(df, "finetune").set_index("method")
     assert per_lang.loc["static", ["de", "zh", "avg"]].tolist() == [405.0, 310.0, 357.5]
     assert list(per_lang.columns) == ["en", "de", "zh", "avg"]

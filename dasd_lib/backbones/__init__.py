@@ -14,7 +14,7 @@ from dasd_lib.backbones.base import Backbone, BackboneError, VLPOutput
 from dasd_lib.backbones.hf import HFBackbone, load_hf_backbone, read_mbert_embeddings
 from dasd_lib.backbones.tiny import ShapeBackbone, TinyBackbone, build_tiny_backbone
 from dasd_lib.backbones.wordpiece import train_wordpiece
-from dasd_lib.checkpoint import PRETRAINED_FILES, CheckpointError, load_state
+from dasd_lib.storage import PRETRAINED_FILES, CheckpointError, load_state
 from dasd_lib.config import ModelConfig
 
 __all__ = ["Backbone", "BackboneError", "HFBackbone", "ShapeBackbone", "TinyBackbone", "VLPOutput",

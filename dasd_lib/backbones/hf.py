@@ -20,8 +20,8 @@ from torch import nn
 
 from dasd_lib.backbones.base import Backbone, BackboneError
 from dasd_lib.backbones.wordpiece import load_tokenizer
-from dasd_lib.checkpoint import PRETRAINED_FILES, atomic_dir, write_state
-from dasd_lib.config import ModelConfig
+from dasd_lib.storage import PRETRAINED_FILES, atomic_dir, write_state
+from dasd_lib.config import ModelConfig, build_dataclass
 
 OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 OPENAI_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
@@ -183,7 +183,6 @@ class HFBackbone(Backbone):
 
     @classmethod
     def load(cls, folder: str | Path, tensors: dict, meta: dict) -> HFBackbone:
-        from dasd_lib.config import build_dataclass
         folder = Path(folder)
         cfg = build_dataclass(ModelConfig, meta["model_config"], f"{folder}/config.json [model_config]")
         return cls(cfg=cfg, clip=_load_clip(str(folder / "clip")),

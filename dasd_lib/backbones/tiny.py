@@ -18,8 +18,8 @@ from torch import nn
 
 from dasd_lib.backbones.base import Backbone, BackboneError
 from dasd_lib.backbones.wordpiece import load_tokenizer, train_wordpiece
-from dasd_lib.checkpoint import PRETRAINED_FILES, atomic_dir, write_state
-from dasd_lib.config import ModelConfig
+from dasd_lib.storage import PRETRAINED_FILES, atomic_dir, write_state
+from dasd_lib.config import ModelConfig, build_dataclass
 
 TINY_MEAN = [0.5, 0.5, 0.5]
 TINY_STD = [0.25, 0.25, 0.25]
@@ -132,7 +132,6 @@ class TinyBackbone(Backbone):
 
     @classmethod
     def load(cls, folder: str | Path, tensors: dict, meta: dict) -> TinyBackbone:
-        from dasd_lib.config import build_dataclass
         folder = Path(folder)
         cfg = build_dataclass(ModelConfig, meta["model_config"], f"{folder}/config.json [model_config]")
         bb = cls(cfg=cfg, image_size=int(meta["image_size"]),

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .languages import content_forms, word_forms
+from .loaders import load_images
 from .world import POSITIONS, SIZES
 
 LABEL_COLUMNS = ["n_objects", "background", "main_shape", "main_colour", "main_size", "main_pos",
@@ -174,7 +175,6 @@ class SampleGrid:
 def sample_grid(table: pd.DataFrame, n: int = 4, *, split: str = "test", seed: int = 0,
                 size: int | None = None, per_lang: int = 2) -> SampleGrid:
     """n random images of a split with up to `per_lang` captions per (language, variant)."""
-    from .loaders import load_images
     part = table[table["split"] == split]
     if part.empty:
         part = table

@@ -28,7 +28,7 @@ def hang(signal: Path) -> None:
 
 
 def install_hang(kind: str, step: int, signal: Path) -> None:
-    from dasd_lib import checkpoint as C
+    from dasd_lib import storage as C  # where state folders are written
     from dasd_lib import train as T
 
     name = f"step-{step:07d}"
