@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from .storage import atomic_write
 
 TARGET_LANGS = ["de", "fr", "cs", "ja", "zh"]
 SOURCE_LANG = "en"
@@ -315,7 +316,7 @@ def seeds_used(params: Params) -> dict[str, Any]:
 
 
 def save_params(params: Params, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(params.to_dict(), sort_keys=False), encoding="utf-8")
+    atomic_write(path, yaml.safe_dump(params.to_dict(), sort_keys=False))
 
 # ----------------------------------------------------------------------------- names shared by every layer
 

@@ -17,6 +17,7 @@ import pandas as pd
 from .config import ExploreConfig, Params
 from .explorer import CaptionFeatures
 from .plots import _empty, _palette
+from .storage import atomic_csv
 
 FEATURES = ("f_sr", "f_sa", "r_T")
 PROBES_COLUMNS = ["method", "feature", "target", "kind", "accuracy", "chance", "n_samples"]
@@ -190,7 +191,7 @@ def probe_table(params: Params, features: CaptionFeatures, run_dir: str | Path |
                                  "chance": float(np.mean(chances)), "n_samples": len(caps)})
     frame = pd.DataFrame(rows, columns=PROBES_COLUMNS)
     if run_dir is not None:
-        frame.to_csv(Path(run_dir) / "probes.csv", index=False)
+        atomic_csv(frame, Path(run_dir) / "probes.csv")
     return frame
 
 

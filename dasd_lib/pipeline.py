@@ -31,6 +31,7 @@ from .evaluate import (COMPARISONS_FILE, RESULT_COLUMNS, SCORE_KEYS, compare_met
 from .metrics import chance_sumr
 from .data import load_corpus, load_images
 from .model import METHODS, build_target_model
+from .storage import atomic_csv, atomic_write
 from .train import (TrainingError, file_fingerprint, features_key, frozen_features,
                     apply_determinism, make_target_data, resolve_device, stage_inputs, stage_records, target_data_key,
                     train_target_stage, train_vlp_stage, training_rows)
@@ -287,17 +288,17 @@ def source_vlp(params: Params, run_dir: str | Path, resume: bool = True,
             backbone.save(out, record=record)
             losses_frame, samples_per_s = result.losses, result.samples_per_s
             paths.losses.mkdir(parents=True, exist_ok=True)
-            losses_frame.to_csv(paths.losses / "vlp.csv", index=False)
+            atomic_csv(losses_frame, paths.losses / "vlp.csv")
             if shared is not None:
                 _copy_tree(out, shared / "backbone")
-                losses_frame.to_csv(shared / "vlp.csv", index=False)
+                atomic_csv(losses_frame, shared / "vlp.csv")
     finally:
         if lock is not None:
             lock.release()
     backbone.freeze()
     forget_backbones()
     english = english_oracle(params, run_dir, backbone=backbone.to(device).eval())
-    (paths.root / "vlp_english_test.json").write_text(json.dumps(english, indent=2))
+    atomic_write(paths.root / "vlp_english_test.json", json.dumps(english, indent=2))
     return VLPResult(backbone=backbone, losses=losses_frame, english_test=english,
                      seconds=time.perf_counter() - t0, samples_per_s=samples_per_s)
 
@@ -353,7 +354,7 @@ def train_stage_all(params: Params, run_dir: str | Path, stage: str, resume: boo
                                 "final_loss": float(last.get("total", float("nan"))) if len(result.losses) else float("nan"),
                                 "trainable_params": result.extra["trainable_params"]})
     frame = pd.DataFrame(summary)
-    frame.to_csv(paths.root / f"train_{stage}_summary.csv", index=False)
+    atomic_csv(frame, paths.root / f"train_{stage}_summary.csv")
     return frame
 
 
@@ -467,7 +468,7 @@ def evaluate_run(params: Params, run_dir, *, write: bool = True) -> pd.DataFrame
                                       n_boot=params.run.bootstrap_samples,
                                       seed=params.run.bootstrap_seed,
                                       split=params.run.eval_split)
-        frame.to_csv(run_dir / "results.csv", index=False)
-        comparisons.to_csv(run_dir / COMPARISONS_FILE, index=False)
+        atomic_csv(frame, run_dir / "results.csv")
+        atomic_csv(comparisons, run_dir / COMPARISONS_FILE)
         write_results_markdown(run_dir)
     return frame

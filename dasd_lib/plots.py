@@ -18,6 +18,7 @@ import pandas as pd
 from .config import SOURCE_LANG
 from .data import style_frequencies
 from .report import headline_rows, seed_summary
+from .storage import atomic_file
 
 VARIANTS = ("native", "mt_clean")
 
@@ -29,8 +30,8 @@ def save_figure(fig, run_dir: str | Path, name: str, dpi: int = 120) -> Path:
     path. The figure stays open, so the notebook still shows it inline."""
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "figure"
     out = Path(run_dir) / "figures" / f"{stem}.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=dpi, bbox_inches="tight", facecolor="white")
+    with atomic_file(out) as tmp:  # a full disk leaves no 0-byte figure for the report
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", facecolor="white", format="png")
     return out
 
 

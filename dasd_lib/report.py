@@ -25,6 +25,7 @@ import pandas as pd
 
 from .config import SOURCE_LANG, TARGET_LANGS
 from .metrics import t_halfwidth
+from .storage import atomic_write
 
 METRICS = ["i2t_R1", "i2t_R5", "i2t_R10", "t2i_R1", "t2i_R5", "t2i_R10", "SumR", "AR"]
 AVG_COLUMN = "avg"
@@ -266,7 +267,7 @@ def write_results_markdown(run_dir: str | Path) -> Path | None:
         return None
     out = run_dir / "results.md"
     text = results_markdown(pd.read_csv(csv), read_comparisons(run_dir))
-    out.write_text("# Results\n\n" + text, encoding="utf-8")
+    atomic_write(out, "# Results\n\n" + text)
     return out
 
 
@@ -470,7 +471,4 @@ def write_report(run_dir: str | Path) -> Path:
     resources = {"metadata": {"name": f"DASD run {run_dir.name}"}}  # the page title
     html, _ = exporter.from_notebook_node(nb, resources=resources)
     out = run_dir / "report.html"
-    tmp = out.with_name(".report.html.tmp")
-    tmp.write_text(html, encoding="utf-8")
-    tmp.replace(out)
-    return out
+    return atomic_write(out, html)

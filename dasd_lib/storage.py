@@ -153,6 +153,13 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
         raise
 
 
+def atomic_csv(frame, path: str | Path, **to_csv) -> Path:
+    """`frame.to_csv(path, index=False, **to_csv)`, atomically (atomic_file)."""
+    with atomic_file(path) as tmp:
+        frame.to_csv(tmp, **({"index": False} | to_csv))
+    return Path(path)
+
+
 @contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a fresh temporary folder next to `path`; on success it replaces `path`."""

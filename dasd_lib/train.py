@@ -29,6 +29,7 @@ from .checkpoint import (CheckpointError, check_record, fingerprint, from_pretra
                          make_record, save_pretrained, save_state)
 from .config import STAGE_ALIASES, Params, StageConfig, canonical_stage  # noqa: F401
 from .model import METHODS, Discriminator, build_target_model
+from .storage import atomic_csv
 from .features import (FeaturesError, FrozenFeatures, cache_key, encode_images,  # noqa: F401
                        encode_source_texts, features_key, file_fingerprint, frozen_features)
 
@@ -187,10 +188,8 @@ def _clear_partial_writes(out_dir: Path) -> None:
 
 
 def _write_losses(rows: list[dict] | pd.DataFrame, path: Path) -> None:
-    """Atomically (temp file + rename): a kill never leaves half a loss file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    pd.DataFrame(rows).to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    """Atomically: a kill never leaves half a loss file."""
+    atomic_csv(pd.DataFrame(rows), path)
 
 
 def latest_checkpoint(out_dir: Path) -> Path | None:
