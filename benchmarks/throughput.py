@@ -9,10 +9,11 @@ Measures samples/s of one CLA and one CMA training step of `dasd_lib` in two mod
              the pixels for CMA, English text tower on ids padded to 77), target captions
              padded to 77, separate SDM / main passes (share_prefix=False).
 
-Both modes run the library's own step (dasd_lib.train.target_step_fn: forward, the losses
-of method.md, the discriminator update) and the body of run_loop (backward, clipping,
-AdamW with make_optimizer's parameter groups, cosine schedule); only the data object and
-the share_prefix flag differ. Also: that both modes give the same outputs, losses and
+Both modes run the library's own setup (dasd_lib.train.target_task) and its one training
+step (dasd_lib.train.train_step, which run_loop runs: the TargetStep's forward, losses of
+method.md and discriminator update, then backward, clipping, AdamW with make_optimizer's
+parameter groups, the cosine schedule); only the data object and the share_prefix flag
+differ. Also: that both modes give the same outputs, losses and
 gradients on the same batch from the same weights; evaluation time (embed N captions,
 similarity, metrics); peak RSS; the optimised CMA step's FLOP rate against a plain fp32
 matmul. Prints a table, then one JSON line. On CPU it uses one thread unless told
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -50,10 +52,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from dasd_lib.backbones.hf import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, HFBackbone  # noqa: E402
 from dasd_lib.config import ModelConfig, StageConfig  # noqa: E402
 from dasd_lib.evaluate import embed_target, score_captions  # noqa: E402
-from dasd_lib.model import METHODS, Discriminator, build_target_model  # noqa: E402
-from dasd_lib.train import (FrozenFeatures, TargetData, autocast_dtype, encode_images,  # noqa: E402
-                            encode_source_texts, make_accelerator, make_optimizer,
-                            make_target_data, target_step_fn)
+from dasd_lib.model import METHODS, build_target_model  # noqa: E402
+from dasd_lib.train import (FrozenFeatures, TargetData, TrainTask, autocast_dtype,  # noqa: E402
+                            encode_images, encode_source_texts, make_accelerator, make_optimizer,
+                            TargetStep, make_scheduler, make_target_data, target_task,
+                            train_step)
 
 METHOD, LANG = "dasd", "de"
 TARGETS = {"cma_speedup": 4.0, "cla_speedup": 2.0, "step_flop_fraction": 0.5}
@@ -236,13 +239,6 @@ class Recorder:
         return self.last
 
 
-def make_discriminator(model_cfg: ModelConfig, backbone: HFBackbone, cfg: StageConfig, device, seed: int):
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        disc = Discriminator(model_cfg, backbone.width, backbone.embed_dim).to(device)
-    return disc, torch.optim.Adam(disc.parameters(), lr=cfg.disc_lr)
-
-
 @dataclass
 class Trainer:
     """One method's training state for a stage, and the step both modes time."""
@@ -257,35 +253,24 @@ class Trainer:
     device: torch.device
     dtype: torch.dtype | None
     accelerator: object
+    step: TargetStep                  # the library's step as target_task built it
 
     def step_fn(self, data: TargetData, share_prefix: bool) -> tuple[Callable, Recorder]:
+        """The library's TargetStep on `data`, through a Recorder with a fixed share_prefix, with
+        the trainer's current discriminator and its optimiser."""
         rec = Recorder(self.model, share_prefix)
-        fn = target_step_fn(model=rec, disc=self.disc, disc_opt=self.disc_opt, spec=METHODS[METHOD],
-                            stage=self.stage, cfg=self.cfg, data=data, seed=0, device=self.device,
-                            dtype=self.dtype, accelerator=self.accelerator)
+        fn = dataclasses.replace(self.step, model=rec, data=data, disc=self.disc, disc_opt=self.disc_opt)
         return fn, rec
 
     def train_step(self, fn: Callable, step: int) -> dict[str, float]:
-        """The body of dasd_lib.train.run_loop for one step, without its CSV / checkpoint I/O.
-        Returns seconds per phase (CPU only: on CUDA that would need syncs the loop has not)."""
+        """dasd_lib.train.train_step (what run_loop runs each step) with this trainer's
+        optimiser and schedule, without run_loop's CSV / checkpoint I/O. Returns seconds per
+        phase (CPU only: on CUDA that would need syncs the loop has not)."""
         clock = PhaseClock(self.device.type != "cuda")
-        terms = fn(step)  # batch, frozen references, forward, losses, discriminator update
-        for name, value in terms.items():
-            if not torch.isfinite(value.detach()).all():
-                raise RuntimeError(f"benchmark: loss term {name} is not finite at step {step}")
-        clock("forward")
-        self.opt.zero_grad(set_to_none=True)
-        self.accelerator.backward(terms["total"])
-        clock("backward")
-        clip = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
-        norm = self.accelerator.clip_grad_norm_(self.trainable, clip)
-        if norm is not None and not torch.isfinite(torch.as_tensor(norm)).all():
-            raise RuntimeError(f"benchmark: gradient norm {float(norm)} at step {step}")
-        clock("clip")
-        self.opt.step()
-        self.scheduler.step()
-        clock("optimizer")
-        _ = {k: float(v.detach()) for k, v in terms.items()}  # run_loop logs every term (a sync)
+        task = TrainTask(modules={}, optimizer=self.opt, step_fn=fn, batch_size=self.cfg.batch_size,
+                         params_to_clip=self.trainable, accelerator=self.accelerator)
+        train_step(task, self.cfg, self.scheduler, step, stage=self.stage, desc="benchmark",
+                   on_phase=clock)
         return clock.phases
 
 
@@ -308,33 +293,26 @@ def fused_like(opt: torch.optim.Optimizer, cfg: StageConfig) -> torch.optim.Adam
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=True)
 
 
-def cosine_schedule(opt: torch.optim.Optimizer, cfg: StageConfig):
-    """run_loop's schedule: cosine with linear warm-up over cfg.steps."""
-    from transformers import get_cosine_schedule_with_warmup
-    return get_cosine_schedule_with_warmup(opt, int(cfg.warmup_frac * cfg.steps), max(cfg.steps, 1))
-
-
 def build_trainer(backbone: HFBackbone, sizes: Sizes, stage: str, cfg: StageConfig, device: torch.device,
-                  fused_adamw: bool = False, seed: int = 0) -> Trainer:
-    """Model, discriminator, optimiser, accelerator and schedule as train_target_stage builds
-    them (cfg.compile: torch.compile the prepared model, as it does). `fused_adamw` is a
+                  fused_adamw: bool = False, seed: int = 0, data: TargetData | None = None) -> Trainer:
+    """Model, discriminator, optimiser, accelerator, compile and schedule from the library's
+    own setup (dasd_lib.train.target_task, as train_target_stage uses it). `fused_adamw` is a
     what-if (the same AdamW groups with fused=True), not the library's optimiser."""
     accelerator = make_accelerator(device.type)
     if accelerator.device.type != device.type:
         raise RuntimeError(f"benchmark: accelerate chose {accelerator.device}, not {device}")
-    model = build_target_model(backbone, model_config(sizes), METHOD, [LANG], seed=seed).to(device)
-    model.train()
-    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    opt = make_optimizer(trainable, cfg)
-    if fused_adamw:
-        opt = fused_like(opt, cfg)
-    wrapped, opt = accelerator.prepare(model, opt)
-    if cfg.compile:
-        wrapped = torch.compile(wrapped)
-    disc, disc_opt = make_discriminator(model_config(sizes), backbone, cfg, device, seed + 1)
-    return Trainer(model=wrapped, trainable=[p for _, p in trainable], disc=disc, disc_opt=disc_opt, opt=opt,
-                   scheduler=cosine_schedule(opt, cfg), cfg=cfg, stage=stage, device=device,
-                   dtype=autocast_dtype(cfg, device), accelerator=accelerator)
+    torch.manual_seed(seed)
+    model = build_target_model(backbone, model_config(sizes), METHOD, [LANG], seed=seed)
+    task, trainable = target_task(model, backbone=backbone, model_cfg=model_config(sizes), cfg=cfg,
+                                  spec=METHODS[METHOD], stage=stage, data=data, seed=0,
+                                  accelerator=accelerator,
+                                  optimizer_factory=(lambda named, c: fused_like(make_optimizer(named, c), c))
+                                  if fused_adamw else None)
+    step = task.step_fn
+    return Trainer(model=step.model, trainable=trainable, disc=step.disc, disc_opt=step.disc_opt,
+                   opt=task.optimizer, scheduler=make_scheduler(task.optimizer, cfg, cfg.steps),
+                   cfg=cfg, stage=stage, device=device, dtype=step.dtype, accelerator=accelerator,
+                   step=step)
 
 
 def sync(device: torch.device) -> None:
@@ -605,7 +583,7 @@ def what_if_fused(trainer: Trainer, fn_opt: Callable, args, t_naive: Timing, flo
     fused = trainer.accelerator.prepare(fused_like(trainer.opt, trainer.cfg))
     log("what-if: optimised CMA step, library AdamW and AdamW(fused=True) in turns ...")
     timed = time_interleaved(trainer, {"library": (fn_opt, None),
-                                       "fused": (fn_opt, (fused, cosine_schedule(fused, trainer.cfg)))},
+                                       "fused": (fn_opt, (fused, make_scheduler(fused, trainer.cfg, trainer.cfg.steps)))},
                              args.warmup, args.steps, start=1)
     lib, t = timed["library"], timed["fused"]
     fused.state.clear()

@@ -203,6 +203,58 @@ def latest_checkpoint(out_dir: Path) -> Path | None:
     return None
 
 
+def train_step(task: TrainTask, cfg: StageConfig, scheduler, step: int, *, stage: str,
+               desc: str = "", out_dir: Path | None = None,
+               on_phase: Callable[[str], None] | None = None) -> dict[str, float]:
+    """One training step, the one run_loop and the throughput benchmark run: the task's
+    step (batch, forward, losses, discriminator update), a check that every term is
+    finite, backward, gradient clipping (refusing a non-finite norm before the update),
+    the optimiser and the schedule. Returns the loss row (step, lr, every term).
+    `on_phase(name)` is called after 'forward', 'backward', 'clip' and 'optimizer'."""
+    phase = on_phase or (lambda _name: None)
+    acc = task.accelerator
+    where = desc or stage
+
+    def last() -> str:
+        found = latest_checkpoint(out_dir) if out_dir is not None else None
+        return str(found) if found else "none (no checkpoint written yet)"
+
+    terms = task.step_fn(step)
+    for name, value in terms.items():
+        if not torch.isfinite(value.detach()).all():
+            raise TrainingError(
+                f"{where}: loss term '{name}' is {value.item()} at step {step}; stopped. "
+                f"Last good checkpoint: {last()}. Lower {stage}.lr or check the data.")
+    phase("forward")
+    task.optimizer.zero_grad(set_to_none=True)
+    if acc is not None:
+        acc.backward(terms["total"])
+    else:
+        terms["total"].backward()
+    phase("backward")
+    clip = acc.clip_grad_norm_ if acc is not None else torch.nn.utils.clip_grad_norm_
+    # with grad_clip 0 this only measures (max_norm inf scales by exactly 1). A non-finite
+    # gradient (fp16 overflow, sqrt at 0) must not reach the weights: the next checkpoint
+    # would hold NaNs and be taken for a good one.
+    norm = clip(task.params_to_clip, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+    if norm is not None and not torch.isfinite(torch.as_tensor(norm)).all():
+        raise TrainingError(
+            f"{where}: the gradient norm is {float(norm)} at step {step} although every "
+            f"loss term is finite; stopped before the update. Last good checkpoint: {last()}. "
+            f"Lower {stage}.lr, use fp32 or bf16, or check the data.")
+    phase("clip")
+    task.optimizer.step()
+    scheduler.step()
+    phase("optimizer")
+    return {"step": step, "lr": scheduler.get_last_lr()[0],
+            **{k: float(v.detach()) for k, v in terms.items()}}
+
+
+def make_scheduler(optimizer, cfg: StageConfig, steps: int):
+    """Cosine schedule with linear warm-up over `steps` (transformers)."""
+    return get_cosine_schedule_with_warmup(optimizer, int(cfg.warmup_frac * steps), max(steps, 1))
+
+
 def run_loop(task: TrainTask, cfg: StageConfig, *, stage: str, steps: int, out_dir: Path,
              resume: bool = True, desc: str = "", record: dict | None = None) -> StageResult:
     """The shared training loop: cosine schedule with warm-up, clipping, atomic step
@@ -224,7 +276,7 @@ def run_loop(task: TrainTask, cfg: StageConfig, *, stage: str, steps: int, out_d
             (out_dir / "losses.csv").unlink(missing_ok=True)
     if acc is not None:
         acc.wait_for_everyone()
-    scheduler = get_cosine_schedule_with_warmup(task.optimizer, int(cfg.warmup_frac * steps), max(steps, 1))
+    scheduler = make_scheduler(task.optimizer, cfg, steps)
     start = 0
     if resume and (ckpt := latest_checkpoint(out_dir)) is not None:
         start = _load_training_state(ckpt, task, scheduler, stage, record)
@@ -243,35 +295,7 @@ def run_loop(task: TrainTask, cfg: StageConfig, *, stage: str, steps: int, out_d
                      leave=False, mininterval=2.0, disable=None):
         for m in task.modules.values():
             m.train()
-        terms = task.step_fn(step)
-        for name, value in terms.items():
-            if not torch.isfinite(value.detach()).all():
-                last = latest_checkpoint(out_dir)
-                raise TrainingError(
-                    f"{desc or stage}: loss term '{name}' is {value.item()} at step {step}; stopped. "
-                    f"Last good checkpoint: {last or 'none (no checkpoint written yet)'}. "
-                    f"Lower {stage}.lr or check the data.")
-        task.optimizer.zero_grad(set_to_none=True)
-        if acc is not None:
-            acc.backward(terms["total"])
-        else:
-            terms["total"].backward()
-        clip = acc.clip_grad_norm_ if acc is not None else torch.nn.utils.clip_grad_norm_
-        # with grad_clip 0 this only measures (max_norm inf scales by exactly 1). A non-finite
-        # gradient (fp16 overflow, sqrt at 0) must not reach the weights: the next checkpoint
-        # would hold NaNs and be taken for a good one.
-        norm = clip(task.params_to_clip, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-        if norm is not None and not torch.isfinite(torch.as_tensor(norm)).all():
-            last = latest_checkpoint(out_dir)
-            raise TrainingError(
-                f"{desc or stage}: the gradient norm is {float(norm)} at step {step} although every "
-                f"loss term is finite; stopped before the update. Last good checkpoint: "
-                f"{last or 'none (no checkpoint written yet)'}. Lower {stage}.lr, use fp32 or bf16, "
-                f"or check the data.")
-        task.optimizer.step()
-        scheduler.step()
-        rows.append({"step": step, "lr": scheduler.get_last_lr()[0],
-                     **{k: float(v.detach()) for k, v in terms.items()}})
+        rows.append(train_step(task, cfg, scheduler, step, stage=stage, desc=desc, out_dir=out_dir))
         if cfg.log_every and (step + 1) % cfg.log_every == 0:
             log.info("%s step %d/%d: %s", desc or stage, step + 1, steps,
                      " ".join(f"{k}={v:.4g}" for k, v in rows[-1].items() if k not in ("step",)))
@@ -369,58 +393,124 @@ def make_target_data(backbone, rows: pd.DataFrame, feats: FrozenFeatures, with_i
 
 # ----------------------------------------------------------------------------- target stages
 
-def target_step_fn(*, model, disc, disc_opt, spec, stage: str, cfg: StageConfig, data: TargetData,
-                   seed: int, device, dtype, accelerator=None,
-                   vlp_scale: float = 100.0) -> Callable[[int], dict[str, torch.Tensor]]:
-    """One CLA or CMA step of method.md for `model` (any method); returns named loss terms.
-    Terms starting with 'd_' are logged only (the discriminator's own loss and accuracy)."""
-    langs = sorted(data.lang_rows)
-    lambda_adv = spec.lambda_adv if spec.lambda_adv is not None else cfg.lambda_adv
-    use_sc = spec.sdm and spec.use_sc and cfg.lambda_sc > 0
-    use_adv = spec.sdm and spec.use_adv and lambda_adv > 0 and disc is not None
-    scale = cfg.logit_scale or vlp_scale
+@dataclass
+class TargetStep:
+    """One CLA or CMA step of method.md for any method, called as step(step_index): picks
+    the step's language (round robin) and seeded batch, runs the tower, computes the stage's
+    loss terms and, for methods with a discriminator, first updates the discriminator once
+    (its own optimiser, on detached inputs) and then adds the adversarial term against the
+    updated discriminator. Returns the named terms with their sum as 'total'; terms starting
+    with 'd_' (the discriminator's loss and accuracy) are logged only. The target tower's
+    own backward and optimiser step are train_step's."""
+    model: Any
+    disc: Any
+    disc_opt: Any
+    spec: Any
+    stage: str
+    cfg: StageConfig
+    data: TargetData
+    seed: int
+    device: Any
+    dtype: Any
+    accelerator: Any = None
+    vlp_scale: float = 100.0
 
-    def step_fn(step: int) -> dict[str, torch.Tensor]:
+    @property
+    def lambda_adv(self) -> float:
+        return self.spec.lambda_adv if self.spec.lambda_adv is not None else self.cfg.lambda_adv
+
+    @property
+    def uses_adversary(self) -> bool:
+        return self.spec.sdm and self.spec.use_adv and self.lambda_adv > 0 and self.disc is not None
+
+    def batch(self, step: int) -> tuple[str, torch.Tensor]:
+        """The step's language and caption rows; depends only on (seed, stage, step, rank)."""
+        langs = sorted(self.data.lang_rows)
         lang = langs[step % len(langs)]  # one language per batch: its adapters are used
-        pool = data.lang_rows[lang]
-        rank = accelerator.process_index if accelerator is not None else 0
-        gen = step_generator(seed + 1000 * rank, stage, step)  # each process its own batch
-        rows = pool[torch.randperm(len(pool), generator=gen)[:cfg.batch_size]]
-        ids, mask = data.batch(rows, device)
-        r_S = data.r_S[rows].to(device)
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            out = model(ids, mask, lang)
+        pool = self.data.lang_rows[lang]
+        rank = self.accelerator.process_index if self.accelerator is not None else 0
+        gen = step_generator(self.seed + 1000 * rank, self.stage, step)  # each process its own batch
+        return lang, pool[torch.randperm(len(pool), generator=gen)[:self.cfg.batch_size]]
+
+    def update_discriminator(self, f_sa: torch.Tensor, ref: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One optimiser step of the discriminator on own vs shuffled (f_sa, reference)
+        pairs (inputs detached: this never moves the tower); returns d_loss and d_acc."""
+        f_sa, ref = f_sa.detach(), ref.detach()
+        perm = None  # losses.default_perm: each caption paired with another's semantics
+        d_acc = losses.discriminator_accuracy(self.disc, f_sa, ref, perm)
+        d_loss = losses.discriminator_loss(self.disc, f_sa, ref, perm)
+        self.disc_opt.zero_grad(set_to_none=True)
+        d_loss.backward()
+        acc = self.accelerator
+        if acc is not None and acc.num_processes > 1:
+            for p in self.disc.parameters():  # D is not DDP-wrapped: average its gradients
+                p.grad = acc.reduce(p.grad, reduction="mean")
+        self.disc_opt.step()
+        return {"d_loss": d_loss.detach(), "d_acc": d_acc.detach()}
+
+    def __call__(self, step: int) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
+        lang, rows = self.batch(step)
+        ids, mask = self.data.batch(rows, self.device)
+        r_S = self.data.r_S[rows].to(self.device)
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+            out = self.model(ids, mask, lang)
         r_T = out.r_T.float()
         terms: dict[str, torch.Tensor] = {}
-        if stage == "cla":
+        if self.stage == "cla":
             ref = r_S
             terms["mse"] = cfg.lambda_mse * losses.mse(r_T, r_S)
         else:
-            ref = data.r_V[rows].to(device)
-            terms["infonce"] = losses.info_nce(ref, r_T, scale=scale)
+            ref = self.data.r_V[rows].to(self.device)
+            terms["infonce"] = losses.info_nce(ref, r_T, scale=cfg.logit_scale or self.vlp_scale)
             if cfg.lambda_mse > 0:
                 terms["mse"] = cfg.lambda_mse * losses.mse(r_T, r_S)
-        if use_sc:
-            kind = "l1" if stage == "cla" else "smooth_l1"
+        if self.spec.sdm and self.spec.use_sc and cfg.lambda_sc > 0:
+            kind = "l1" if self.stage == "cla" else "smooth_l1"
             terms["sc"] = cfg.lambda_sc * losses.consistency(out.f_sr.float(), ref, kind=kind)
-        if use_adv:
+        if self.uses_adversary:
             f_sa = out.f_sa.float()
-            perm = None  # losses.default_perm: each caption paired with another's semantics
-            d_acc = losses.discriminator_accuracy(disc, f_sa.detach(), ref.detach(), perm)
-            d_loss = losses.discriminator_loss(disc, f_sa.detach(), ref.detach(), perm)
-            disc_opt.zero_grad(set_to_none=True)
-            d_loss.backward()
-            if accelerator is not None and accelerator.num_processes > 1:
-                for p in disc.parameters():  # D is not DDP-wrapped: average its gradients
-                    p.grad = accelerator.reduce(p.grad, reduction="mean")
-            disc_opt.step()
-            terms["adv"] = lambda_adv * losses.adversarial_loss(disc, f_sa, ref, perm)
-            terms["d_loss"] = d_loss.detach()
-            terms["d_acc"] = d_acc.detach()
+            logged = self.update_discriminator(f_sa, ref)
+            terms["adv"] = self.lambda_adv * losses.adversarial_loss(self.disc, f_sa, ref, None)
+            terms |= logged
         terms["total"] = sum(v for k, v in terms.items() if not k.startswith("d_"))
         return terms
 
-    return step_fn
+
+def target_step_fn(*, model, disc, disc_opt, spec, stage: str, cfg: StageConfig, data: TargetData,
+                   seed: int, device, dtype, accelerator=None, vlp_scale: float = 100.0) -> TargetStep:
+    """The TargetStep of these parts (keyword form, for callers that build their own)."""
+    return TargetStep(model=model, disc=disc, disc_opt=disc_opt, spec=spec, stage=stage, cfg=cfg,
+                      data=data, seed=seed, device=device, dtype=dtype, accelerator=accelerator,
+                      vlp_scale=vlp_scale)
+
+
+def target_task(model, *, backbone, model_cfg, cfg: StageConfig, spec, stage: str,
+                data: TargetData, seed: int, accelerator,
+                optimizer_factory: Callable = None) -> tuple[TrainTask, list[torch.nn.Parameter]]:
+    """The training task of one method's stage from its (built or loaded) model: the
+    discriminator and its optimiser when the method has one, the tower's optimiser
+    (make_optimizer, or `optimizer_factory(named_params, cfg)`), accelerate's wrapping,
+    torch.compile when cfg.compile, and the TargetStep. Returns (task, trainable params)."""
+    device = accelerator.device
+    model.to(device)
+    disc = disc_opt = None
+    if spec.sdm and spec.use_adv:
+        disc = Discriminator(model_cfg, backbone.width, backbone.embed_dim).to(device)
+        disc_opt = torch.optim.Adam(disc.parameters(), lr=cfg.disc_lr)
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    opt = (optimizer_factory or make_optimizer)(trainable, cfg)
+    wrapped, opt = accelerator.prepare(model, opt)
+    if cfg.compile:
+        wrapped = torch.compile(wrapped)
+    step = TargetStep(model=wrapped, disc=disc, disc_opt=disc_opt, spec=spec, stage=stage, cfg=cfg,
+                      data=data, seed=seed, device=device, dtype=autocast_dtype(cfg, device),
+                      accelerator=accelerator, vlp_scale=vlp_logit_scale(backbone))
+    modules = {"model": model} | ({"disc": disc} if disc is not None else {})
+    task = TrainTask(modules=modules, optimizer=opt, batch_size=cfg.batch_size, step_fn=step,
+                     extra_optimizers={"disc": disc_opt} if disc_opt is not None else {},
+                     params_to_clip=[p for _, p in trainable], accelerator=accelerator)
+    return task, [p for _, p in trainable]
 
 
 # StageConfig fields that change how a stage is run or logged, not what it computes
@@ -476,8 +566,6 @@ def train_target_stage(*, params: Params, stage: str, method: str, seed: int, ba
         target_stage_record(params, stage=stage, setting=setting, method=method, seed=seed,
                             backbone=backbone, data_key=data.key)
     accelerator = make_accelerator(params.run.device)
-    device = accelerator.device
-    dtype = autocast_dtype(cfg, device)
     langs = sorted(data.lang_rows)
     torch.manual_seed(seed)
     if init_from is not None:
@@ -486,31 +574,16 @@ def train_target_stage(*, params: Params, stage: str, method: str, seed: int, ba
             "or use a new run id."))
     else:
         model = build_target_model(backbone, params.model, method, langs)
-    model.to(device)
-    disc = disc_opt = None
-    if spec.sdm and spec.use_adv:
-        disc = Discriminator(params.model, backbone.width, backbone.embed_dim).to(device)
-        disc_opt = torch.optim.Adam(disc.parameters(), lr=cfg.disc_lr)
-    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    opt = make_optimizer(trainable, cfg)
-    wrapped, opt = accelerator.prepare(model, opt)
-    if cfg.compile:
-        wrapped = torch.compile(wrapped)
-    modules = {"model": model} | ({"disc": disc} if disc is not None else {})
-    task = TrainTask(modules=modules, optimizer=opt, batch_size=cfg.batch_size,
-                     step_fn=target_step_fn(model=wrapped, disc=disc, disc_opt=disc_opt, spec=spec,
-                                            stage=stage, cfg=cfg, data=data, seed=seed,
-                                            device=device, dtype=dtype, accelerator=accelerator,
-                                            vlp_scale=vlp_logit_scale(backbone)),
-                     extra_optimizers={"disc": disc_opt} if disc_opt is not None else {},
-                     params_to_clip=[p for _, p in trainable], accelerator=accelerator)
+    task, trainable = target_task(model, backbone=backbone, model_cfg=params.model, cfg=cfg,
+                                  spec=spec, stage=stage, data=data, seed=seed,
+                                  accelerator=accelerator)
     steps = stage_steps(cfg, len(data.lengths))
     result = run_loop(task, cfg, stage=stage, steps=steps, out_dir=out_dir,
                       resume=resume and not restart, desc=f"{stage} {method} s{seed}", record=record)
     if accelerator.is_main_process:
         save_pretrained(model, out_dir / "model", record=record)
     accelerator.wait_for_everyone()
-    result.extra["trainable_params"] = sum(p.numel() for _, p in trainable)
+    result.extra["trainable_params"] = sum(p.numel() for p in trainable)
     return result
 
 
