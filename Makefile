@@ -25,6 +25,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# ruff (pyflakes, syntax, and the weight-loading rules of pyproject.toml) over the library,
+# notebooks, benchmarks and tests; the notebook templates must hold no outputs
+lint: $(STAMP)
+	$(BIN)/ruff check dasd_lib notebooks benchmarks tests
+	$(BIN)/nbstripout --verify notebooks/*.ipynb
+
 clean-venv:
 	rm -rf $(VENV)
 

@@ -326,7 +326,7 @@ def test_library_runs_real_layout_with_hf_backbone(release):
     """The functions behind notebooks 01-04 on the MSCOCO-like fixture: English fine-tune of
     the hf CLIP, CLA and CMA in both settings, evaluation with ja (and en) on folds and zh
     on its own test set."""
-    from dasd_lib import evaluate, pipeline
+    from dasd_lib import pipeline
     tmp = release["tmp"]
     english = Path(release["coco"]).parents[1] / "ref_captions.json"
     run_dir = tmp / "reports" / "lib"
