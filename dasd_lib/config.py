@@ -168,6 +168,10 @@ class RunConfig:
     compare_to: str = "dasd"
     bootstrap_samples: int = 1000
     bootstrap_seed: int = 0
+    # image-to-text ranking (dasd_lib.metrics): "standard" (other images' captions count
+    # against an image's best caption) or "official" (the DASD authors' evaluation: each
+    # other image counts once, by its best caption; more lenient; for paper-comparable i2t)
+    i2t_protocol: str = "standard"
 
 
 @dataclass
@@ -295,7 +299,24 @@ def load_params(path: str | Path | None = None, overrides: list[str] | dict | No
             for k in reversed(keys):
                 nested = {k: nested}
             params = build_dataclass(Params, nested, f"override '{text}'", params)
+    check_choices(params, where)
     return params
+
+
+# keys whose value must be one of a few words: checked when parameters are loaded, so a typo
+# stops the run before anything starts
+CHOICES = {("run", "i2t_protocol"): ("standard", "official"),
+           ("run", "eval_split"): ("test", "val")}
+
+
+def check_choices(params: "Params", where: str = "parameters") -> None:
+    for (section, key), allowed in CHOICES.items():
+        value = getattr(getattr(params, section), key)
+        if value not in allowed:
+            close = difflib.get_close_matches(str(value), allowed, n=1, cutoff=0.5)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"{where}: {section}.{key} is '{value}', not one of "
+                              f"{', '.join(allowed)}{hint}")
 
 
 def params_from_dict(values: dict[str, Any]) -> Params:

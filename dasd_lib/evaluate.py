@@ -21,7 +21,8 @@ log = logging.getLogger("dasd_lib.evaluate")
 
 RESULT_COLUMNS = ["setting", "method", "variant", "lang", "seed", "i2t_R1", "i2t_R5", "i2t_R10",
                   "t2i_R1", "t2i_R5", "t2i_R10", "SumR", "AR", "i2t_medr", "t2i_medr",
-                  "i2t_meanr", "t2i_meanr", "n_images", "n_captions", "trainable_params", "split"]
+                  "i2t_meanr", "t2i_meanr", "n_images", "n_captions", "trainable_params", "split",
+                  "i2t_protocol"]
 COMPARISON_COLUMNS = ["setting", "variant", "lang", "method", "baseline", "diff_SumR", "ci_low",
                       "ci_high", "significant", "SumR", "SumR_baseline", "n_seeds", "n_images",
                       "n_boot", "split"]
@@ -80,7 +81,7 @@ def unique_images(test: pd.DataFrame) -> pd.DataFrame:
 
 
 def score_captions_with_hits(text_emb, captions: pd.DataFrame, image_ids: list[str], image_emb,
-                             kfold: int = 0) -> tuple[dict, np.ndarray]:
+                             kfold: int = 0, protocol: str = "standard") -> tuple[dict, np.ndarray]:
     """score_captions' metrics and the per-image hit counts of the same ranks
     (metrics.per_image_hits), indexed like `image_ids`: images without captions in this set
     are left out of the gallery and have zero counts, so hit arrays of every language and
@@ -89,19 +90,28 @@ def score_captions_with_hits(text_emb, captions: pd.DataFrame, image_ids: list[s
     caption_image = np.array([index[i] for i in captions.image_id])
     keep = np.unique(caption_image)
     if len(keep) < len(image_ids):  # images without captions in this set cannot be retrieved
+        # another language's extra images (e.g. COCO-CN's beside MSCOCO's) before or after
+        # this set's are fine; a gap inside it would shift every later fold's boundary
+        if kfold > 1 and keep.max() - keep.min() + 1 != len(keep):
+            raise ValueError(f"{len(image_ids) - len(keep)} of {len(image_ids)} test images have no "
+                             f"caption in this set, some between images that do; with run.kfold "
+                             f"{kfold} leaving them out would shift the fold boundaries. Give every "
+                             f"test image a caption in each language, or set run.kfold_langs "
+                             f"without this language")
         remap = {old: new for new, old in enumerate(keep)}
         image_emb = np.asarray(image_emb)[keep]
         caption_image = np.array([remap[c] for c in caption_image])
-    metrics, hits = recall_metrics_and_hits(similarity(text_emb, image_emb), caption_image, kfold)
+    metrics, hits = recall_metrics_and_hits(similarity(text_emb, image_emb), caption_image, kfold,
+                                            protocol)
     all_images = np.zeros((len(image_ids), *hits.shape[1:]))
     all_images[keep] = hits
     return metrics | {"n_images": int(len(keep)), "n_captions": int(len(captions))}, all_images
 
 
 def score_captions(text_emb, captions: pd.DataFrame, image_ids: list[str], image_emb,
-                   kfold: int = 0) -> dict:
+                   kfold: int = 0, protocol: str = "standard") -> dict:
     """Metrics for caption rows (with image_id) against the image set (in image_ids order)."""
-    return score_captions_with_hits(text_emb, captions, image_ids, image_emb, kfold)[0]
+    return score_captions_with_hits(text_emb, captions, image_ids, image_emb, kfold, protocol)[0]
 
 
 def kfold_for(params: Params, lang: str) -> int:

@@ -2,8 +2,18 @@
 
 Conventions (as in the CCR papers): an image retrieves text correctly at K when *any*
 of its captions is among the top K captions; a caption retrieves its one image.
-Ranks are 1-based; ties count against the ground truth (an item scored equal to the
-correct one is ranked before it), so a constant similarity matrix scores at chance.
+Ranks are 1-based; ties count against the ground truth (an item of another image scored
+equal to the correct one is ranked before it), so a constant similarity matrix scores
+R@K = 0 wherever K is below the number of candidates. An image's own other captions never
+count against it.
+
+Image-to-text protocols (run.i2t_protocol):
+- standard: an image's rank is 1 + the number of *other images' captions* scoring at least
+  its best own caption (clip_benchmark's recall agrees on continuous scores);
+- official: the DASD authors' evaluation, which ranks the image's best own caption among
+  every other image's *best* caption: 1 + the number of other images whose best caption
+  scores at least as high. More lenient: another image's five captions take one place, not
+  five. Text-to-image is the same in both.
 """
 from __future__ import annotations
 
@@ -15,6 +25,8 @@ from scipy import stats
 
 KS = (1, 5, 10)
 RECALL_KEYS = [f"i2t_R{k}" for k in KS] + [f"t2i_R{k}" for k in KS]
+I2T_PROTOCOLS = ("standard", "official")
+CHUNK = 256  # images per block when ranking captions: memory is captions x CHUNK, not x images
 
 
 def _ranks_of_truth(scores: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -23,30 +35,50 @@ def _ranks_of_truth(scores: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return (scores >= target).sum(axis=1)
 
 
-def retrieval_ranks(sim: np.ndarray, caption_image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def retrieval_ranks(sim: np.ndarray, caption_image: np.ndarray,
+                    protocol: str = "standard") -> tuple[np.ndarray, np.ndarray]:
     """sim: (n_captions, n_images); caption_image[j] = index of caption j's image.
 
     Returns (t2i_ranks (n_captions,), i2t_ranks (n_images,)): the rank of the true image
-    for each caption, and for each image the best rank among its captions."""
-    sim = np.asarray(sim, dtype=np.float64)
+    for each caption, and for each image the rank of its best caption under `protocol`
+    (module docstring). Non-finite scores are refused."""
+    sim = np.asarray(sim)
+    if not np.issubdtype(sim.dtype, np.floating):
+        sim = sim.astype(np.float64)
     caption_image = np.asarray(caption_image)
     n_captions, n_images = sim.shape
+    if protocol not in I2T_PROTOCOLS:
+        raise ValueError(f"run.i2t_protocol: '{protocol}' is not one of {', '.join(I2T_PROTOCOLS)}")
     if caption_image.shape != (n_captions,):
         raise ValueError(f"caption_image has shape {caption_image.shape}, expected ({n_captions},)")
     if n_captions == 0 or n_images == 0:
         raise ValueError("cannot compute retrieval metrics on an empty similarity matrix")
     if caption_image.min() < 0 or caption_image.max() >= n_images:
         raise ValueError("caption_image holds an image index outside the similarity matrix")
+    if not np.isfinite(sim).all():
+        bad = int((~np.isfinite(sim)).sum())
+        raise ValueError(f"the similarity matrix holds {bad} non-finite scores (NaN or inf): the "
+                         f"embeddings are broken (a diverged model?); nothing can be ranked")
     t2i = _ranks_of_truth(sim, caption_image)
-    # an image's best rank among its captions is the rank of its best-scoring own caption
-    # (ranks only grow as scores fall): one (n_images, n_captions) comparison
     own = sim[np.arange(n_captions), caption_image]  # score of caption j with its image
-    best_own = np.full(n_images, -np.inf)
+    best_own = np.full(n_images, -np.inf, dtype=sim.dtype)
     np.maximum.at(best_own, caption_image, own)
     if np.isneginf(best_own).any():
         missing = int(np.isneginf(best_own).sum())
         raise ValueError(f"{missing} images have no caption; drop them before evaluating")
-    i2t = (sim.T >= best_own[:, None]).sum(axis=1).astype(np.int64)
+    i2t = np.empty(n_images, dtype=np.int64)
+    order = np.argsort(caption_image, kind="stable")  # captions grouped by image, for reduceat
+    starts = np.searchsorted(caption_image[order], np.arange(n_images))
+    for lo in range(0, n_images, CHUNK):
+        cols = np.arange(lo, min(lo + CHUNK, n_images))
+        block = sim[:, cols]                                   # (n_captions, chunk)
+        other = caption_image[:, None] != cols[None, :]        # captions of other images
+        if protocol == "standard":
+            i2t[cols] = 1 + ((block >= best_own[cols]) & other).sum(axis=0)
+        else:  # each other image once, by its best caption for this query image
+            best_per_image = np.maximum.reduceat(block[order], starts, axis=0)  # (n_images, chunk)
+            best_per_image[cols, np.arange(len(cols))] = -np.inf  # the image itself
+            i2t[cols] = 1 + (best_per_image >= best_own[cols]).sum(axis=0)
     return t2i, i2t
 
 
@@ -67,13 +99,14 @@ def _metrics_from_ranks(t2i: np.ndarray, i2t: np.ndarray) -> dict[str, float]:
     return out
 
 
-def recall_metrics(sim: np.ndarray, caption_image: np.ndarray) -> dict[str, float]:
+def recall_metrics(sim: np.ndarray, caption_image: np.ndarray,
+                   protocol: str = "standard") -> dict[str, float]:
     """R@1/5/10 both ways (percent), SumR, AR, median/mean ranks, and clip_benchmark keys."""
-    return _metrics_from_ranks(*retrieval_ranks(sim, caption_image))
+    return _metrics_from_ranks(*retrieval_ranks(sim, caption_image, protocol))
 
 
 def kfold_ranks(sim: np.ndarray, caption_image: np.ndarray,
-                folds: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                folds: int, protocol: str = "standard") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Ranks within `folds` consecutive blocks of images (MSCOCO 1K protocol), each caption
     kept with its image: a caption ranks only its fold's images, an image only its fold's
     captions. folds <= 1: one block, the whole set.
@@ -83,7 +116,7 @@ def kfold_ranks(sim: np.ndarray, caption_image: np.ndarray,
     caption_image = np.asarray(caption_image)
     n_images = sim.shape[1]
     if folds <= 1:
-        t2i, i2t = retrieval_ranks(sim, caption_image)
+        t2i, i2t = retrieval_ranks(sim, caption_image, protocol)
         return t2i, i2t, np.zeros(n_images, dtype=np.int64)
     if n_images % folds:
         raise ValueError(f"{n_images} images do not split into {folds} equal folds")
@@ -94,7 +127,7 @@ def kfold_ranks(sim: np.ndarray, caption_image: np.ndarray,
         lo, hi = f * size, (f + 1) * size
         rows = np.flatnonzero((caption_image >= lo) & (caption_image < hi))
         t2i[rows], i2t[lo:hi] = retrieval_ranks(sim[np.ix_(rows, np.arange(lo, hi))],
-                                                caption_image[rows] - lo)
+                                                caption_image[rows] - lo, protocol)
     return t2i, i2t, np.arange(n_images) // size
 
 
@@ -119,12 +152,12 @@ def per_image_hits(t2i: np.ndarray, i2t: np.ndarray, caption_image: np.ndarray,
     return hits
 
 
-def recall_metrics_and_hits(sim: np.ndarray, caption_image: np.ndarray,
-                            folds: int = 0) -> tuple[dict[str, float], np.ndarray]:
+def recall_metrics_and_hits(sim: np.ndarray, caption_image: np.ndarray, folds: int = 0,
+                            protocol: str = "standard") -> tuple[dict[str, float], np.ndarray]:
     """recall_metrics averaged over `folds` (see kfold_ranks; folds <= 1: the whole set) and
     the per_image_hits of the same ranks, which are computed once."""
     caption_image = np.asarray(caption_image)
-    t2i, i2t, image_fold = kfold_ranks(sim, caption_image, folds)
+    t2i, i2t, image_fold = kfold_ranks(sim, caption_image, folds, protocol)
     caption_fold = image_fold[caption_image]
     per_fold = [_metrics_from_ranks(t2i[caption_fold == f], i2t[image_fold == f])
                 for f in range(int(image_fold.max()) + 1)]

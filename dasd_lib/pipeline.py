@@ -406,7 +406,8 @@ def english_oracle(params: Params, run_dir, *, backbone=None, setting: str = "fi
     image_ids = unique_images(test).image_id.tolist()
     english = test[(test.lang == SOURCE_LANG)].reset_index(drop=True)
     metrics = score_captions(feats.texts(english.caption.tolist()).numpy(), english, image_ids,
-                             feats.images(image_ids).numpy(), kfold_for(params, SOURCE_LANG))
+                             feats.images(image_ids).numpy(), kfold_for(params, SOURCE_LANG),
+                             params.run.i2t_protocol)
     cpi = max(1, round(len(english) / max(1, len(image_ids))))
     metrics["chance_SumR"] = chance_sumr(len(image_ids), cpi)
     return metrics
@@ -436,7 +437,8 @@ def evaluate_run(params: Params, run_dir, *, write: bool = True) -> pd.DataFrame
                 if spec.oracle:
                     english = test[test.lang == SOURCE_LANG]
                     m = score_captions(feats.texts(english.caption.tolist()).numpy(), english,
-                                       image_ids, image_emb, kfold_for(params, SOURCE_LANG))
+                                       image_ids, image_emb, kfold_for(params, SOURCE_LANG),
+                                       params.run.i2t_protocol)
                     rows.append(base | {"variant": "native", "lang": SOURCE_LANG,
                                         "trainable_params": 0} | m)
                     continue  # no hits kept: scored on English, it is no baseline for targets
@@ -454,12 +456,14 @@ def evaluate_run(params: Params, run_dir, *, write: bool = True) -> pd.DataFrame
                         emb = embed_target(model, backbone, caps.caption.tolist(), lang, device=device,
                                            batch_size=params.run.eval_batch_size, tokens=tokens[key])
                         m, h = score_captions_with_hits(emb.r_T, caps, image_ids, image_emb,
-                                                        kfold_for(params, lang))
+                                                        kfold_for(params, lang),
+                                                        params.run.i2t_protocol)
                         rows.append(base | {"variant": variant, "lang": lang,
                                             "trainable_params": n_trainable} | m)
                         scored.append(base | {"variant": variant, "lang": lang})
                         hits.append(h)
-    frame = pd.DataFrame(rows).assign(split=params.run.eval_split)
+    frame = pd.DataFrame(rows).assign(split=params.run.eval_split,
+                                      i2t_protocol=params.run.i2t_protocol)
     frame = frame[[c for c in RESULT_COLUMNS if c in frame] +
                   [c for c in frame if c not in RESULT_COLUMNS and "@" not in c]]
     if write:

@@ -246,6 +246,11 @@ def results_markdown(df: pd.DataFrame, comparisons: pd.DataFrame | None = None) 
     if df.empty:
         return "_No results yet._\n"
     parts = [_seed_note(df)]
+    if "i2t_protocol" in df and (df["i2t_protocol"] == "official").any():
+        parts.append("**Image-to-text by the DASD authors' protocol** (run.i2t_protocol: "
+                     "official): each other image counts once, by its best caption, so i2t "
+                     "recall is higher than by the standard protocol; set beside the paper's "
+                     "numbers, not beside standard-protocol ones.")
     if split_name(df) != "test":
         parts.append(f"**Evaluated on the {split_name(df)} split** (run.eval_split): these runs "
                      "choose settings, so the test split is left for the final comparison.")

@@ -92,3 +92,65 @@ def test_chance_sumr_matches_simulation():
     cap = np.repeat(np.arange(n), c)
     sims = [recall_metrics(rng.random((n * c, n)), cap)["SumR"] for _ in range(200)]
     assert np.mean(sims) == pytest.approx(chance_sumr(n, c), rel=0.05)
+
+
+def test_official_i2t_protocol_counts_each_other_image_once():
+    # 2 images, 3 captions each (caption j belongs to image j // 3). For image 0 its best own
+    # caption scores 0.6; image 1's captions score 0.9, 0.8, 0.7 with image 0.
+    sim = np.array([[0.6, 0.0], [0.1, 0.0], [0.2, 0.0],
+                    [0.9, 0.5], [0.8, 0.4], [0.7, 0.3]])
+    cap_img = np.array([0, 0, 0, 1, 1, 1])
+    t2i, standard = retrieval_ranks(sim, cap_img)
+    t2i_o, official = retrieval_ranks(sim, cap_img, protocol="official")
+    assert standard.tolist() == [4, 1]  # three of image 1's captions ahead of 0.6
+    assert official.tolist() == [2, 1]  # image 1 counts once, by its best caption (0.9)
+    assert t2i.tolist() == t2i_o.tolist()
+    assert recall_metrics(sim, cap_img, "official")["i2t_R1"] == 50.0
+    with pytest.raises(ValueError, match="run.i2t_protocol: 'paper'"):
+        retrieval_ranks(sim, cap_img, protocol="paper")
+
+
+def test_an_images_own_tied_captions_never_count_against_it():
+    # every image has a duplicated best caption: both peers give i2t R@1 100, not 0
+    sim = np.array([[0.9, 0.1], [0.9, 0.1], [0.2, 0.8], [0.2, 0.8]])
+    cap_img = np.array([0, 0, 1, 1])
+    _, i2t = retrieval_ranks(sim, cap_img)
+    assert i2t.tolist() == [1, 1]
+    assert recall_metrics(sim, cap_img)["i2t_R1"] == 100.0
+
+
+def test_non_finite_scores_are_refused():
+    sim = np.full((4, 2), np.nan)
+    with pytest.raises(ValueError, match="8 non-finite scores"):
+        recall_metrics(sim, np.array([0, 0, 1, 1]))
+    sim = np.eye(2)[[0, 0, 1, 1]].astype(float)
+    sim[1, 1] = np.inf
+    with pytest.raises(ValueError, match="non-finite"):
+        recall_metrics(sim, np.array([0, 0, 1, 1]))
+
+
+def test_a_constant_matrix_scores_zero_below_the_candidate_count():
+    m = recall_metrics(np.zeros((40, 20)), np.repeat(np.arange(20), 2))
+    assert m["t2i_R1"] == m["t2i_R10"] == 0.0 and m["i2t_R1"] == 0.0
+
+
+def test_kfold_refuses_images_without_captions():
+    import pandas as pd
+    from dasd_lib.evaluate import score_captions
+    captions = pd.DataFrame({"image_id": ["a", "a", "c", "c"]})  # b has none: a gap
+    emb = np.eye(4)
+    with pytest.raises(ValueError, match="would shift the fold boundaries"):
+        score_captions(emb[[0, 0, 2, 2]], captions, ["a", "b", "c", "d"], emb, kfold=2)
+    assert score_captions(emb[[0, 0, 2, 2]], captions, ["a", "b", "c", "d"], emb)["n_images"] == 2
+    # another set's images after this one's (no gap) leave the folds as they are
+    tail = pd.DataFrame({"image_id": ["a", "b"]})
+    assert score_captions(emb[[0, 1]], tail, ["a", "b", "c", "d"], emb, kfold=2)["n_images"] == 2
+
+
+def test_i2t_protocol_is_checked_when_parameters_load():
+    from dasd_lib.config import ConfigError, load_params
+    assert load_params(None, ["run.i2t_protocol=official"]).run.i2t_protocol == "official"
+    with pytest.raises(ConfigError, match="run.i2t_protocol is 'oficial'.*did you mean 'official'"):
+        load_params(None, ["run.i2t_protocol=oficial"])
+    with pytest.raises(ConfigError, match="run.eval_split is 'tset'"):
+        load_params(None, ["run.eval_split=tset"])

@@ -192,7 +192,7 @@ def test_eval_split_picks_the_rows_and_is_named_in_the_tables(tmp_path):
     val = test_table(smoke_params(tmp_path, "run.eval_split=val"))
     assert set(val["split"]) == {"val"} and len(val) > 0
     assert set(test_table(smoke_params(tmp_path))["split"]) == {"test"}
-    with pytest.raises(ConfigError, match="run.eval_split: 'train'"):
+    with pytest.raises(ConfigError, match="run.eval_split is 'train', not one of test, val"):
         test_table(smoke_params(tmp_path, "run.eval_split=train"))
     with pytest.raises(ConfigError, match="data.n_val is 0"):
         test_table(smoke_params(tmp_path, "run.eval_split=val", "data.n_val=0"))
