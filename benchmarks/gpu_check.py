@@ -1,7 +1,7 @@
 """GPU check: a few DASD CLA and CMA training steps at ViT-B/16 sizes with random weights.
 
 The library's optimised training step (frozen cache, batch-longest padding, shared first
-SDM block; dasd_lib.train.target_step_fn plus run_loop's backward / clip / AdamW / schedule),
+SDM block; dasd_lib.train.target_task and train_step, as run_loop runs them),
 batch 128, bf16 autocast on CUDA (the library's default precision there). Builders are
 shared with throughput.py. Ends with one JSON line: device, cla_samples_per_s,
 cma_samples_per_s, peak_mem_gib (torch.cuda.max_memory_allocated during the steps; on CPU

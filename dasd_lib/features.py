@@ -1,7 +1,9 @@
-"""The frozen VLP's outputs, computed once per corpus and cached: image embeddings r_V
-per image id and English caption embeddings r_S per text (`frozen_features`). The cache
-key covers the backbone weights, the image files (path, size, mtime), the texts and the
-preprocessing, so a cache is never used for inputs it was not made from."""
+"""What the target stages train on. The frozen VLP's outputs, computed once per corpus and
+cached: image embeddings r_V per image id and English caption embeddings r_S per text
+(`frozen_features`; the cache key covers the backbone weights, the image files (path,
+size, mtime), the texts and the preprocessing, so a cache is never used for inputs it was
+not made from). And the target captions, tokenized once, with their references
+(`TargetData`, `make_target_data`)."""
 from __future__ import annotations
 
 import hashlib
@@ -16,7 +18,7 @@ import pandas as pd
 import torch
 
 from .data import load_images
-from .storage import CheckpointError, load_state, save_state
+from .storage import CheckpointError, fingerprint, load_state, save_state
 
 log = logging.getLogger("dasd_lib.features")
 
@@ -132,3 +134,54 @@ def frozen_features(backbone, table: pd.DataFrame, *, image_size: int, cache_dir
                    {"kind": "frozen_features", "key": key, "image_ids": image_ids, "texts": texts})
     return FrozenFeatures({i: n for n, i in enumerate(image_ids)}, image_emb,
                           {t: n for n, t in enumerate(texts)}, text_emb, key=key)
+
+
+# ----------------------------------------------------------------------------- target data
+
+@dataclass
+class TargetData:
+    """Pre-tokenised target-language training captions with their frozen references."""
+    ids: torch.Tensor                 # (N, T_max) multilingual token ids, right-padded
+    lengths: torch.Tensor             # (N,) real tokens per caption
+    lang_rows: dict[str, torch.Tensor]  # lang -> row indices
+    r_S: torch.Tensor                 # (N, d) frozen source-caption embedding
+    r_V: torch.Tensor | None          # (N, d) frozen image embedding (cma only)
+    key: str = ""                     # fingerprint of the rows and their frozen features
+
+    def batch(self, rows: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pad to the batch's longest caption, not to the context length."""
+        lengths = self.lengths[rows]
+        width = int(lengths.max())
+        ids = self.ids[rows, :width]
+        mask = (torch.arange(width)[None, :] < lengths[:, None]).long()
+        return ids.to(device), mask.to(device)
+
+
+def training_rows(table: pd.DataFrame, langs: list[str]) -> pd.DataFrame:
+    """Target-language training captions that carry their English source caption."""
+    rows = table[(table.split == "train") & table.lang.isin(langs) & (table.source_caption != "")]
+    if rows.empty:
+        raise FeaturesError(f"no training captions for languages {langs} with an English source "
+                            "caption; check data.langs and the corpus")
+    missing = sorted(set(langs) - set(rows.lang))
+    if missing:
+        raise FeaturesError(f"no training captions for language(s) {missing} in the corpus")
+    return rows.reset_index(drop=True)
+
+
+def target_data_key(rows: pd.DataFrame, feats_key: str) -> str:
+    """What a target stage's data is: its caption rows and the key of their frozen features."""
+    lines = (rows.lang + "\t" + rows.caption + "\t" + rows.source_caption + "\t" + rows.image_id.astype(str))
+    return fingerprint({"rows": hashlib.sha256("\n".join(lines).encode()).hexdigest(),
+                        "features": feats_key})
+
+
+def make_target_data(backbone, rows: pd.DataFrame, feats: FrozenFeatures, with_images: bool) -> TargetData:
+    ids, mask = backbone.tokenize_target(rows.caption.tolist())
+    lengths = mask.sum(1)
+    lang_rows = {lang: torch.as_tensor(np.flatnonzero(rows.lang.values == lang))
+                 for lang in sorted(rows.lang.unique())}
+    return TargetData(ids=ids.cpu(), lengths=lengths.cpu(), lang_rows=lang_rows,
+                      r_S=feats.texts(rows.source_caption.tolist()),
+                      r_V=feats.images(rows.image_id.tolist()) if with_images else None,
+                      key=target_data_key(rows, feats.key))

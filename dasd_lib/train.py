@@ -12,7 +12,6 @@ import hashlib
 import logging
 import math
 import os
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,13 +24,15 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
 from . import losses
-from .checkpoint import (CheckpointError, check_record, fingerprint, from_pretrained, load_state,
-                         make_record, save_pretrained, save_state)
+from .checkpoint import (CheckpointError, check_record, clear_partial_writes,  # noqa: F401
+                         fingerprint, from_pretrained, latest_checkpoint, load_state,
+                         load_training_state, make_record, remove_tree, save_pretrained,
+                         save_state, save_training_state, step_dirs, write_losses)
 from .config import STAGE_ALIASES, Params, StageConfig, canonical_stage  # noqa: F401
 from .model import METHODS, Discriminator, build_target_model
-from .storage import atomic_csv
-from .features import (FeaturesError, FrozenFeatures, cache_key, encode_images,  # noqa: F401
-                       encode_source_texts, features_key, file_fingerprint, frozen_features)
+from .features import (FeaturesError, FrozenFeatures, TargetData, cache_key,  # noqa: F401
+                       encode_images, encode_source_texts, features_key, file_fingerprint,
+                       frozen_features, make_target_data, target_data_key, training_rows)
 
 log = logging.getLogger("dasd_lib.train")
 
@@ -90,23 +91,6 @@ def make_optimizer(params: list[torch.nn.Parameter] | list[tuple[str, torch.nn.P
                              betas=tuple(cfg.betas), eps=cfg.eps, fused=fused or None)
 
 
-def _optimizer_tensors(opt: torch.optim.Optimizer, prefix: str) -> tuple[dict, dict]:
-    """Optimizer state as flat tensors + JSON meta, so checkpoints stay pickle-free."""
-    sd = opt.state_dict()
-    tensors, meta = {}, {"param_groups": sd["param_groups"], "state_keys": {}}
-    for idx, state in sd["state"].items():
-        meta["state_keys"][str(idx)] = sorted(state)
-        for name, value in state.items():
-            tensors[f"{prefix}.{idx}.{name}"] = torch.as_tensor(value).clone()
-    return tensors, meta
-
-
-def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict, meta: dict, prefix: str) -> None:
-    state = {int(idx): {name: tensors[f"{prefix}.{idx}.{name}"] for name in names}
-             for idx, names in meta["state_keys"].items()}
-    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-
-
 # ----------------------------------------------------------------------------- loop
 
 @dataclass
@@ -131,76 +115,6 @@ class TrainTask:
     extra_optimizers: dict[str, torch.optim.Optimizer] = field(default_factory=dict)
     params_to_clip: list[torch.nn.Parameter] = field(default_factory=list)
     accelerator: Any = None                            # accelerate.Accelerator, or None
-
-
-def _trainable_state(module: torch.nn.Module, prefix: str) -> dict[str, torch.Tensor]:
-    return {f"{prefix}.{n}": p.detach().cpu().clone() for n, p in module.named_parameters()
-            if p.requires_grad}
-
-
-def _save_training_state(path: Path, task: TrainTask, scheduler, step: int, stage: str,
-                         record: dict | None = None) -> None:
-    tensors, meta = {}, {"stage": stage, "step": step, "scheduler": scheduler.state_dict(),
-                         "optimizers": {}, "record": record}
-    for name, module in task.modules.items():
-        tensors.update(_trainable_state(module, name))
-    for name, opt in {"main": task.optimizer, **task.extra_optimizers}.items():
-        t, m = _optimizer_tensors(opt, f"opt_{name}")
-        tensors.update(t)
-        meta["optimizers"][name] = m
-    save_state(path, tensors, meta)
-
-
-def _load_training_state(path: Path, task: TrainTask, scheduler, stage: str,
-                         record: dict | None = None) -> int:
-    tensors, meta = load_state(path)
-    if meta.get("stage") != stage:
-        raise TrainingError(f"checkpoint {path} is from stage '{meta.get('stage')}', not '{stage}'")
-    if record is not None:
-        check_record(meta.get("record"), record, f"checkpoint {path}")
-    for name, module in task.modules.items():
-        own = {k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + ".")}
-        missing, unexpected = module.load_state_dict(own, strict=False)
-        if unexpected:
-            raise TrainingError(f"checkpoint {path}: unexpected weights for '{name}': {unexpected[:3]}")
-    for name, opt in {"main": task.optimizer, **task.extra_optimizers}.items():
-        _load_optimizer(opt, tensors, meta["optimizers"][name], f"opt_{name}")
-    scheduler.load_state_dict(meta["scheduler"])
-    return int(meta["step"])
-
-
-STEP_DIR_RE = re.compile(r"^step-(\d+)$")
-
-
-def _step_dirs(out_dir: Path) -> list[Path]:
-    """The step-<n> checkpoint folders in out_dir, oldest first (stray names are not ours)."""
-    found = [(int(m.group(1)), p) for p in Path(out_dir).iterdir() if (m := STEP_DIR_RE.match(p.name))]
-    return [p for _, p in sorted(found)]
-
-
-def _clear_partial_writes(out_dir: Path) -> None:
-    """Remove what a killed process left half-done: atomic_dir temp folders, folders being
-    deleted, the loss file's temp copy. All are hidden and never read as checkpoints."""
-    for p in Path(out_dir).iterdir():
-        if p.name.startswith((".step-", ".losses.csv")):
-            log.info("removing %s, left by an interrupted write", p)
-            _rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-
-
-def _write_losses(rows: list[dict] | pd.DataFrame, path: Path) -> None:
-    """Atomically: a kill never leaves half a loss file."""
-    atomic_csv(pd.DataFrame(rows), path)
-
-
-def latest_checkpoint(out_dir: Path) -> Path | None:
-    """Newest readable step checkpoint in out_dir; a corrupt newest one falls back to the one before."""
-    for cand in reversed(_step_dirs(out_dir)):
-        try:
-            load_state(cand, verify_only=True)
-            return cand
-        except CheckpointError as err:
-            log.warning("checkpoint %s is unusable (%s); trying the previous one", cand, err)
-    return None
 
 
 def train_step(task: TrainTask, cfg: StageConfig, scheduler, step: int, *, stage: str,
@@ -269,17 +183,17 @@ def run_loop(task: TrainTask, cfg: StageConfig, *, stage: str, steps: int, out_d
     acc = task.accelerator
     is_main = acc is None or acc.is_main_process
     if is_main:
-        _clear_partial_writes(out_dir)
+        clear_partial_writes(out_dir)
         if not resume:  # a fresh start must not leave older checkpoints to resume from later
-            for old in _step_dirs(out_dir):
-                _rmtree(old)
+            for old in step_dirs(out_dir):
+                remove_tree(old)
             (out_dir / "losses.csv").unlink(missing_ok=True)
     if acc is not None:
         acc.wait_for_everyone()
     scheduler = make_scheduler(task.optimizer, cfg, steps)
     start = 0
     if resume and (ckpt := latest_checkpoint(out_dir)) is not None:
-        start = _load_training_state(ckpt, task, scheduler, stage, record)
+        start = load_training_state(ckpt, task, scheduler, stage, record)
         log.info("%s: resumed from %s (step %d)", desc or stage, ckpt, start)
     loss_path = out_dir / "losses.csv"
     if start >= steps and loss_path.exists():  # already complete: nothing to redo
@@ -301,18 +215,18 @@ def run_loop(task: TrainTask, cfg: StageConfig, *, stage: str, steps: int, out_d
                      " ".join(f"{k}={v:.4g}" for k, v in rows[-1].items() if k not in ("step",)))
         if every and (step + 1) % every == 0 and step + 1 < steps and is_main:
             # losses first: a checkpoint on disk always has its loss rows (resume drops extras)
-            _write_losses(rows, loss_path)
-            _save_training_state(out_dir / f"step-{step + 1:07d}", task, scheduler, step + 1, stage,
+            write_losses(rows, loss_path)
+            save_training_state(out_dir / f"step-{step + 1:07d}", task, scheduler, step + 1, stage,
                                  record)
-            for old in _step_dirs(out_dir)[:-2]:  # keep the two newest
-                _rmtree(old)
+            for old in step_dirs(out_dir)[:-2]:  # keep the two newest
+                remove_tree(old)
     seconds = time.perf_counter() - t0
     frame = pd.DataFrame(rows)
     if is_main:
-        _write_losses(frame, loss_path)
-        _save_training_state(out_dir / f"step-{steps:07d}", task, scheduler, steps, stage, record)
-        for old in _step_dirs(out_dir)[:-1]:
-            _rmtree(old)
+        write_losses(frame, loss_path)
+        save_training_state(out_dir / f"step-{steps:07d}", task, scheduler, steps, stage, record)
+        for old in step_dirs(out_dir)[:-1]:
+            remove_tree(old)
     if acc is not None:
         acc.wait_for_everyone()
     done = max(steps - start, 0)
@@ -321,74 +235,10 @@ def run_loop(task: TrainTask, cfg: StageConfig, *, stage: str, steps: int, out_d
                        resumed_from=start)
 
 
-def _rmtree(path: Path) -> None:
-    """Rename aside, then delete: a kill mid-delete leaves a hidden folder (cleared on the
-    next run), never a half-deleted step-* folder."""
-    import shutil
-    import uuid
-    trash = path.with_name(f".{path.name.lstrip('.')}.del-{uuid.uuid4().hex[:8]}")
-    try:
-        os.replace(path, trash)
-    except OSError:
-        trash = path
-    shutil.rmtree(trash, ignore_errors=True)
-
-
 def step_generator(seed: int, stage: str, step: int) -> torch.Generator:
     """Batch sampling depends only on (seed, stage, step): resuming replays the same batches."""
     digest = hashlib.sha256(f"{seed}:{stage}:{step}".encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**62 - 1))
-
-
-# ----------------------------------------------------------------------------- target data
-
-@dataclass
-class TargetData:
-    """Pre-tokenised target-language training captions with their frozen references."""
-    ids: torch.Tensor                 # (N, T_max) multilingual token ids, right-padded
-    lengths: torch.Tensor             # (N,) real tokens per caption
-    lang_rows: dict[str, torch.Tensor]  # lang -> row indices
-    r_S: torch.Tensor                 # (N, d) frozen source-caption embedding
-    r_V: torch.Tensor | None          # (N, d) frozen image embedding (cma only)
-    key: str = ""                     # fingerprint of the rows and their frozen features
-
-    def batch(self, rows: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Pad to the batch's longest caption, not to the context length."""
-        lengths = self.lengths[rows]
-        width = int(lengths.max())
-        ids = self.ids[rows, :width]
-        mask = (torch.arange(width)[None, :] < lengths[:, None]).long()
-        return ids.to(device), mask.to(device)
-
-
-def training_rows(table: pd.DataFrame, langs: list[str]) -> pd.DataFrame:
-    """Target-language training captions that carry their English source caption."""
-    rows = table[(table.split == "train") & table.lang.isin(langs) & (table.source_caption != "")]
-    if rows.empty:
-        raise TrainingError(f"no training captions for languages {langs} with an English source "
-                            "caption; check data.langs and the corpus")
-    missing = sorted(set(langs) - set(rows.lang))
-    if missing:
-        raise TrainingError(f"no training captions for language(s) {missing} in the corpus")
-    return rows.reset_index(drop=True)
-
-
-def target_data_key(rows: pd.DataFrame, feats_key: str) -> str:
-    """What a target stage's data is: its caption rows and the key of their frozen features."""
-    lines = (rows.lang + "\t" + rows.caption + "\t" + rows.source_caption + "\t" + rows.image_id.astype(str))
-    return fingerprint({"rows": hashlib.sha256("\n".join(lines).encode()).hexdigest(),
-                        "features": feats_key})
-
-
-def make_target_data(backbone, rows: pd.DataFrame, feats: FrozenFeatures, with_images: bool) -> TargetData:
-    ids, mask = backbone.tokenize_target(rows.caption.tolist())
-    lengths = mask.sum(1)
-    lang_rows = {lang: torch.as_tensor(np.flatnonzero(rows.lang.values == lang))
-                 for lang in sorted(rows.lang.unique())}
-    return TargetData(ids=ids.cpu(), lengths=lengths.cpu(), lang_rows=lang_rows,
-                      r_S=feats.texts(rows.source_caption.tolist()),
-                      r_V=feats.images(rows.image_id.tolist()) if with_images else None,
-                      key=target_data_key(rows, feats.key))
 
 
 # ----------------------------------------------------------------------------- target stages
@@ -475,14 +325,6 @@ class TargetStep:
             terms |= logged
         terms["total"] = sum(v for k, v in terms.items() if not k.startswith("d_"))
         return terms
-
-
-def target_step_fn(*, model, disc, disc_opt, spec, stage: str, cfg: StageConfig, data: TargetData,
-                   seed: int, device, dtype, accelerator=None, vlp_scale: float = 100.0) -> TargetStep:
-    """The TargetStep of these parts (keyword form, for callers that build their own)."""
-    return TargetStep(model=model, disc=disc, disc_opt=disc_opt, spec=spec, stage=stage, cfg=cfg,
-                      data=data, seed=seed, device=device, dtype=dtype, accelerator=accelerator,
-                      vlp_scale=vlp_scale)
 
 
 def target_task(model, *, backbone, model_cfg, cfg: StageConfig, spec, stage: str,

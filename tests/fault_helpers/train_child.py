@@ -45,14 +45,14 @@ def install_hang(kind: str, step: int, signal: Path) -> None:
 
         C.save_file = save_file
     elif kind == "after-checkpoint":
-        real_save = T._save_training_state
+        real_save = T.save_training_state  # the name run_loop calls
 
         def save_training_state(path, *args, **kw):
             real_save(path, *args, **kw)
             if Path(path).name == name:
                 hang(signal)
 
-        T._save_training_state = save_training_state
+        T.save_training_state = save_training_state
     else:
         raise SystemExit(f"unknown --hang {kind}")
 
