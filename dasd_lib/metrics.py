@@ -281,15 +281,21 @@ def seed_interval(values, level: float = 0.95) -> dict[str, float]:
             "n": int(values.size)}
 
 
-def chance_sumr(n_images: int, captions_per_image: int) -> float:
-    """Expected SumR of a random ranking (for reporting how far above chance a model is)."""
+def chance_recall(n_images: int, captions_per_image: int) -> dict[str, float]:
+    """Expected R@K (percent) of a random ranking, both ways: text-to-image k / n_images; an
+    image's best caption ranks within k when one of its captions comes first among the
+    top k of all captions (its own other captions never count against it)."""
     n_captions = n_images * captions_per_image
-    total = 0.0
+    out = {}
     for k in KS:
-        total += 100.0 * min(k, n_images) / n_images  # t2i
-        # i2t: probability that at least one of c own captions is in the top k of n_captions
+        out[f"t2i_R{k}"] = 100.0 * min(k, n_images) / max(1, n_images)
         p_none = 1.0
         for j in range(captions_per_image):
-            p_none *= max(0.0, (n_captions - k - j) / (n_captions - j))
-        total += 100.0 * (1.0 - p_none)
-    return total
+            p_none *= max(0.0, (n_captions - k - j) / max(1, n_captions - j))
+        out[f"i2t_R{k}"] = 100.0 * (1.0 - p_none)
+    return out
+
+
+def chance_sumr(n_images: int, captions_per_image: int) -> float:
+    """Expected SumR of a random ranking (for reporting how far above chance a model is)."""
+    return sum(chance_recall(n_images, captions_per_image).values())

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .config import SOURCE_LANG
+from .metrics import KS, chance_recall
 from .data import style_frequencies
 from .report import headline_rows, seed_summary
 from .storage import atomic_file
@@ -196,17 +197,11 @@ def english_table(metrics: dict) -> pd.DataFrame:
     n_images = int(metrics.get("n_images", 0))
     n_captions = int(metrics.get("n_captions", 0))
     cpi = max(1, round(n_captions / max(1, n_images)))
-    rows = []
-    for direction, label in (("i2t", "image -> text"), ("t2i", "text -> image")):
-        for k in (1, 5, 10):
-            if direction == "t2i":
-                chance = 100.0 * min(k, n_images) / max(1, n_images)
-            else:  # at least one of the image's cpi captions among the top k of n_captions
-                p_none = np.prod([max(0.0, (n_captions - k - j) / max(1, n_captions - j))
-                                  for j in range(cpi)])
-                chance = 100.0 * (1.0 - p_none)
-            rows.append({"metric": f"{label} R@{k}", "VLP": metrics.get(f"{direction}_R{k}"),
-                         "chance": chance})
+    chance = chance_recall(n_images, cpi)
+    rows = [{"metric": f"{label} R@{k}", "VLP": metrics.get(f"{direction}_R{k}"),
+             "chance": chance[f"{direction}_R{k}"]}
+            for direction, label in (("i2t", "image -> text"), ("t2i", "text -> image"))
+            for k in KS]
     rows.append({"metric": "SumR", "VLP": metrics.get("SumR"),
                  "chance": metrics.get("chance_SumR", sum(r["chance"] for r in rows))})
     frame = pd.DataFrame(rows)
