@@ -28,6 +28,8 @@ PAIRING = ("Every difference is paired by target-side seed (same seed, same VLP,
 SWEEPS = ("budget", "adv_weight", "variants", "style_gap")
 MIDDLE_STEPS = 200  # the base budget of params/study.yaml, where adv_weight and variants run
 DASD = "dasd"
+NATIVE, MT_VARIANT = "native", "mt_clean"  # the test variants of run.eval_variants' default
+FINISHED = "completed"  # timings.json status of a run that ran every notebook
 BASELINES = ("static", "full_distill", "dasd_no_sdm")
 FINAL_FRACTION = 0.1  # "final" discriminator accuracy: mean over the last 10 % of a stage's steps
 # the parameters that tell the study's conditions apart (raw values from params.yaml)
@@ -44,7 +46,7 @@ def _runs(sweep_dir: Path) -> pd.DataFrame:
     runs = compare.load_runs(dirs) if dirs else pd.DataFrame()
     if runs.empty:
         return runs
-    runs = runs[runs["status"] == "ok"]
+    runs = runs[runs["status"] == FINISHED]
     return runs.rename(columns=CONDITION_KEYS)
 
 
@@ -167,13 +169,13 @@ def pooled(frame: pd.DataFrame, by: Sequence[str], value: str) -> pd.DataFrame:
 
 
 def style_gaps(sumr: pd.DataFrame, on: Sequence[str]) -> pd.DataFrame:
-    """Per seed: SumR on native-style captions minus SumR on MT-style captions (the
+    """Per seed: SumR on native-style captions minus SumR on noise-free MT-style captions (the
     native-vs-MT gap; negative: native captions are harder), with the `on` columns."""
     by = [*on, "method", "seed"]
     wide = sumr.pivot_table(index=by, columns="variant", values="SumR").reset_index()
-    if not {"native", "mt"} <= set(wide.columns):
+    if not {NATIVE, MT_VARIANT} <= set(wide.columns):
         return pd.DataFrame(columns=[*by, "gap"])
-    return wide.assign(gap=wide["native"] - wide["mt"])[[*by, "gap"]]
+    return wide.assign(gap=wide[NATIVE] - wide[MT_VARIANT])[[*by, "gap"]]
 
 
 def feature_contrast(probes: pd.DataFrame, on: Sequence[str]) -> pd.DataFrame:
@@ -221,6 +223,20 @@ def _table(frame: pd.DataFrame, digits: int = 1) -> str:
     return "\n".join([header, rule, *body]) + "\n"
 
 
+def _mean_table(means: pd.DataFrame, index: Sequence[str], columns: str, value: str,
+                digits: int = 1) -> pd.DataFrame:
+    """`means` (a pooled() frame) as index x columns cells 'mean ± half-width of the 95 %
+    interval' (the mean alone for one seed)."""
+    def cell(r):
+        half = (r["ci_high"] - r["ci_low"]) / 2
+        return f"{r[value]:.{digits}f}" + ("" if np.isnan(half) else f" ± {half:.{digits}f}")
+    cells = means.assign(cell=[cell(r) for _, r in means.iterrows()])
+    cells[columns] = cells[columns].map(compare.value_text)
+    table = cells.pivot(index=list(index), columns=columns, values="cell").reset_index()
+    table.columns.name = None
+    return table.fillna("")
+
+
 def _save(fig, folder: Path, name: str) -> str:
     import matplotlib.pyplot as plt
     folder.mkdir(parents=True, exist_ok=True)
@@ -266,9 +282,9 @@ class Findings:
             f"CLA steps per language {', '.join(map(str, sorted(sumr['cla_steps'].unique())))} "
             "(CMA at 0.6 of CLA); `dasd-sweep params/study/budget.yaml --workers 2`.",
             f"![SumR against the CLA budget]({figure})", "",
-            "SumR on the validation split (mean over seeds, 95 % t-interval):", "",
-            _table(means.pivot_table(index=["variant", "method"], columns="cla_steps",
-                                     values="SumR").reset_index()),
+            "SumR on the validation split (mean ± half-width of the 95 % t-interval over seeds), "
+            "per CLA steps per language:", "",
+            _table(_mean_table(means, ["variant", "method"], "cla_steps", "SumR")),
             "DASD minus each baseline, paired by seed:", "",
             _table(diffs.assign(interval=[_interval(r) for _, r in diffs.iterrows()])
                    [["variant", "cla_steps", "baseline", "interval", "n_seeds", "verdict"]]),
@@ -308,8 +324,8 @@ class Findings:
                "DASD at the middle budget with lambda_adv in both stages; "
                "`dasd-sweep params/study/adv_weight.yaml --workers 2`. The baselines are the "
                "budget sweep's middle point (same seeds, same VLP).", "",
-               _table(means.pivot_table(index="variant", columns="lambda_adv",
-                                        values="SumR").reset_index()),
+               "DASD's SumR per lambda_adv (mean ± half-width of the 95 % seed interval):", "",
+               _table(_mean_table(means, ["variant"], "lambda_adv", "SumR")),
                "DASD minus baseline, paired by seed:", "",
                _table(diffs.assign(interval=[_interval(r) for _, r in diffs.iterrows()])
                       [["variant", "lambda_adv", "baseline", "interval", "n_seeds", "verdict"]]
@@ -326,8 +342,8 @@ class Findings:
             out += [f"![probe accuracy against lambda_adv]({_save(fig, figures, 'adv_probes.png')})", "",
                     "Probe accuracy (mean over seeds) of each feature; content targets are "
                     "probed across languages, style targets within each language:", "",
-                    _table(acc.pivot_table(index=["kind", "target", "feature"], columns="lambda_adv",
-                                           values="accuracy").reset_index(), digits=3),
+                    _table(_mean_table(acc, ["kind", "target", "feature"], "lambda_adv",
+                                       "accuracy", digits=3)),
                     "f_sr minus f_sa accuracy per target, paired by seed (disentangling wants "
                     "content > 0 and style < 0):", "",
                     _table(contrast.assign(interval=[_interval(r.rename({"f_sr_minus_f_sa": "diff"}), 3)
@@ -337,8 +353,7 @@ class Findings:
         if len(disc_points):
             out += ["Final discriminator accuracy (own vs shuffled (f_sa, reference) pairs, "
                     f"mean over the last {FINAL_FRACTION:.0%} of steps; 0.5 is chance):", "",
-                    _table(disc_points.pivot_table(index="stage", columns="lambda_adv",
-                                                   values="d_acc").reset_index(), digits=3)]
+                    _table(_mean_table(disc_points, ["stage"], "lambda_adv", "d_acc", digits=3))]
         out.append(self._disentangling_words(contrast))
         return "\n".join(out)
 
@@ -409,11 +424,9 @@ class Findings:
             "`dasd-sweep params/study/style_gap.yaml --workers 2`.",
             f"![native-vs-MT gap against mt_native_share]({figure})", "",
             "Native-vs-MT gap (SumR on native-style minus MT-style captions, mean over seeds):", "",
-            _table(gap_points.pivot_table(index="method", columns="mt_native_share",
-                                          values="gap").reset_index()),
+            _table(_mean_table(gap_points, ["method"], "mt_native_share", "gap")),
             "SumR per variant:", "",
-            _table(means.pivot_table(index=["variant", "method"], columns="mt_native_share",
-                                     values="SumR").reset_index()),
+            _table(_mean_table(means, ["variant", "method"], "mt_native_share", "SumR")),
             "DASD minus each baseline on native-style captions, paired by seed:", "",
             _table(diffs.assign(interval=[_interval(r) for _, r in diffs.iterrows()])
                    [["mt_native_share", "baseline", "interval", "n_seeds", "verdict"]]

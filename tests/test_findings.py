@@ -17,7 +17,7 @@ from dasd_lib.metrics import seed_interval
 
 def fake_run(sweep_dir: Path, name: str, overrides: list[str], seed: int,
              sumr: dict[tuple[str, str], float], probes: list[dict] = (),
-             d_acc: dict[str, list[float]] | None = None, status: str = "ok") -> Path:
+             d_acc: dict[str, list[float]] | None = None, status: str = "completed") -> Path:
     """A finished run folder: params.yaml, timings.json, results.csv (SumR per (method,
     variant) for German), probes.csv, losses/ with d_acc and train_cla_summary.csv."""
     folder = sweep_dir / "runs" / name
@@ -62,7 +62,7 @@ def test_paired_differences_are_per_seed_with_a_t_interval():
 
 def test_style_gap_and_feature_contrast_hand_computed():
     sumr = pd.DataFrame({"mt_native_share": [0.0] * 4, "method": ["dasd"] * 4, "seed": [0, 0, 1, 1],
-                         "variant": ["native", "mt"] * 2, "SumR": [200.0, 260.0, 210.0, 250.0]})
+                         "variant": ["native", "mt_clean"] * 2, "SumR": [200.0, 260.0, 210.0, 250.0]})
     gaps = F.style_gaps(sumr, ["mt_native_share"])
     assert gaps.sort_values("seed")["gap"].tolist() == [-60.0, -40.0]
     probes = pd.DataFrame({"run": ["a", "a", "b", "b"], "lambda_adv": 0.1, "method": "dasd",
@@ -79,7 +79,7 @@ def test_findings_from_sweep_folders(tmp_path):
         for steps in (40, 200):
             fake_run(sweeps / "budget", f"steps{steps}-s{seed}", [f"cla.steps={steps}"], seed,
                      {("dasd", "native"): dasd + steps, ("static", "native"): static + steps,
-                      ("dasd", "mt"): dasd + 50, ("static", "mt"): static + 50},
+                      ("dasd", "mt_clean"): dasd + 50, ("static", "mt_clean"): static + 50},
                      d_acc={"dasd": [0.9] * 10 + [0.6] * 2})
         for lam, shift in ((0.001, 0.0), (1.0, -30.0)):
             probes = [{"method": "dasd", "feature": f, "target": t, "kind": k,
@@ -90,7 +90,7 @@ def test_findings_from_sweep_folders(tmp_path):
                                          ("f_sa", "style", "style", 0.6)]]
             fake_run(sweeps / "adv_weight", f"adv{lam}-s{seed}",
                      [f"cla.lambda_adv={lam}", f"cma.lambda_adv={lam}"], seed,
-                     {("dasd", "native"): dasd + 200 + shift, ("dasd", "mt"): dasd + 50},
+                     {("dasd", "native"): dasd + 200 + shift, ("dasd", "mt_clean"): dasd + 50},
                      probes, d_acc={"dasd": [0.5] * 20})
     fake_run(sweeps / "budget", "failed", ["cla.steps=40"], 5, {("dasd", "native"): 0.0},
              status="failed")  # an unfinished run is left out
