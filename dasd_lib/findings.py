@@ -18,6 +18,7 @@ import pandas as pd
 from . import compare
 from .metrics import seed_interval
 from .pipeline import load_losses
+from .storage import atomic_csv, atomic_file, atomic_write
 
 PAIRING = ("Every difference is paired by target-side seed (same seed, same VLP, same "
            "evaluation images) and reported with the 95 % t-interval over the seeds; it is "
@@ -102,6 +103,14 @@ def final_discriminator(runs: pd.DataFrame, fraction: float = FINAL_FRACTION) ->
                              "seed": int(seed), "stage": stage, "d_acc": float(last["d_acc"].mean()),
                              **{c: run[c] for c in ["sweep", *_conditions(runs)]}})
     return pd.DataFrame(rows)
+
+
+def trainable_params(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per method: the trainable parameters results.csv records (max over the runs)."""
+    results = compare._read_csvs(runs, "results.csv") if len(runs) else pd.DataFrame()
+    if results.empty or "trainable_params" not in results:
+        return pd.DataFrame(columns=["method", "trainable_params"])
+    return results.groupby("method", sort=False)["trainable_params"].max().reset_index()
 
 
 def step_costs(runs: pd.DataFrame) -> pd.DataFrame:
@@ -231,16 +240,29 @@ def _mean_table(means: pd.DataFrame, index: Sequence[str], columns: str, value: 
         half = (r["ci_high"] - r["ci_low"]) / 2
         return f"{r[value]:.{digits}f}" + ("" if np.isnan(half) else f" ± {half:.{digits}f}")
     cells = means.assign(cell=[cell(r) for _, r in means.iterrows()])
+    order = [compare.value_text(v) for v in sorted(cells[columns].unique().tolist())]  # 40, 200, 600
     cells[columns] = cells[columns].map(compare.value_text)
-    table = cells.pivot(index=list(index), columns=columns, values="cell").reset_index()
+    table = cells.pivot(index=list(index), columns=columns, values="cell")
+    table = table[order].reset_index()
     table.columns.name = None
     return table.fillna("")
+
+
+def _contrast_table(contrast: pd.DataFrame, on: str) -> str:
+    """feature_contrast's rows as kind, target, the condition, interval, which carries more."""
+    if contrast.empty:
+        return "_No probes._\n"
+    shown = contrast.assign(interval=[_interval(r.rename({"f_sr_minus_f_sa": "diff"}), 3)
+                                      for _, r in contrast.iterrows()])
+    return _table(shown.sort_values(["kind", "target", on], kind="stable")
+                  [["kind", "target", on, "interval", "carries_more"]])
 
 
 def _save(fig, folder: Path, name: str) -> str:
     import matplotlib.pyplot as plt
     folder.mkdir(parents=True, exist_ok=True)
-    fig.savefig(folder / name, dpi=110, bbox_inches="tight")
+    with atomic_file(folder / name) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
     plt.close(fig)
     return f"{folder.name}/{name}"
 
@@ -272,11 +294,23 @@ class Findings:
         diffs = self._dasd_vs(sumr[sumr["method"].isin([DASD, *BASELINES])],
                               ["variant", "cla_steps"])
         self.tables |= {"budget_sumr": means, "budget_differences": diffs}
-        points = _points(sumr, "cla_steps", "SumR", ["variant", "method"]).assign(setting="")
+        trained = sumr[sumr["method"].isin([DASD, *BASELINES])]
+        points = _points(trained, "cla_steps", "SumR", ["variant", "method"])
         fig = compare.plot_against(points, "cla_steps", "SumR", panels=["variant"],
                                    lines=["method"], ylabel="SumR (val, de), 95 % seed interval")
         figure = _save(fig, figures, "budget_sumr.png")
+        diff_points = diffs.rename(columns={"diff": "value"}).assign(
+            cla_steps=lambda f: f["cla_steps"].map(compare.value_text),
+            pair=lambda f: "dasd - " + f["baseline"])
+        fig = compare.plot_against(diff_points, "cla_steps", "value", panels=["variant"],
+                                   lines=["pair"], reference=0.0,
+                                   ylabel="SumR difference, 95 % seed interval")
+        diff_figure = _save(fig, figures, "budget_differences.png")
         wins = diffs[diffs["verdict"] == "better"]
+        probes = probe_rows(self.runs["budget"])
+        contrast = feature_contrast(probes[probes["method"] == DASD], ["cla_steps"]) \
+            if len(probes) else pd.DataFrame()
+        self.tables["budget_probe_contrast"] = contrast
         return "\n".join([
             "## Budget: is DASD only short of training?",
             f"CLA steps per language {', '.join(map(str, sorted(sumr['cla_steps'].unique())))} "
@@ -286,13 +320,16 @@ class Findings:
             "per CLA steps per language:", "",
             _table(_mean_table(means, ["variant", "method"], "cla_steps", "SumR")),
             "DASD minus each baseline, paired by seed:", "",
+            f"![DASD minus each baseline against the budget]({diff_figure})", "",
             _table(diffs.assign(interval=[_interval(r) for _, r in diffs.iterrows()])
                    [["variant", "cla_steps", "baseline", "interval", "n_seeds", "verdict"]]),
             f"**DASD is better than a baseline in {len(wins)} of {len(diffs)} comparisons** "
             f"and worse in {int((diffs['verdict'] == 'worse').sum())}." + (
                 " Where better: " + "; ".join(f"{r.baseline} at {r.cla_steps} steps ({r.variant})"
                                               for r in wins.itertuples()) + "." if len(wins) else ""),
-            ""])
+            "", "Does disentangling appear with training? DASD's f_sr minus f_sa probe accuracy "
+            "per budget (disentangling wants content > 0 and style < 0):", "",
+            _contrast_table(contrast, "cla_steps"), ""])
 
     def _middle_baseline(self) -> pd.DataFrame:
         """The static adapter and full distillation at the middle budget (budget sweep)."""
@@ -314,7 +351,12 @@ class Findings:
             diffs = pd.concat(parts, ignore_index=True)
         probes = probe_rows(runs)
         probes = probes[probes["method"] == DASD] if len(probes) else probes
-        acc = pooled(probes, ["target", "kind", "feature", "lambda_adv"], "accuracy") if len(probes) else pd.DataFrame()
+        acc = pd.DataFrame()
+        if len(probes):  # each feature's accuracy, and the majority-class rate as 'chance'
+            chance = probes.drop_duplicates(["run", "target"]).assign(feature="(chance)",
+                                                                     accuracy=lambda f: f["chance"])
+            acc = pooled(pd.concat([probes, chance]), ["target", "kind", "feature", "lambda_adv"],
+                         "accuracy")
         contrast = feature_contrast(probes, ["lambda_adv"]) if len(probes) else pd.DataFrame()
         disc = final_discriminator(runs)
         disc_points = pooled(disc, ["stage", "lambda_adv"], "d_acc") if len(disc) else pd.DataFrame()
@@ -346,10 +388,7 @@ class Findings:
                                        "accuracy", digits=3)),
                     "f_sr minus f_sa accuracy per target, paired by seed (disentangling wants "
                     "content > 0 and style < 0):", "",
-                    _table(contrast.assign(interval=[_interval(r.rename({"f_sr_minus_f_sa": "diff"}), 3)
-                                                     for _, r in contrast.iterrows()])
-                           [["kind", "target", "lambda_adv", "interval", "carries_more"]]
-                           if len(contrast) else contrast), ""]
+                    _contrast_table(contrast, "lambda_adv"), ""]
         if len(disc_points):
             out += ["Final discriminator accuracy (own vs shuffled (f_sa, reference) pairs, "
                     f"mean over the last {FINAL_FRACTION:.0%} of steps; 0.5 is chance):", "",
@@ -383,22 +422,44 @@ class Findings:
         middle = self.sumr.get("budget", pd.DataFrame(columns=sumr.columns))
         middle = middle[(middle["cla_steps"] == MIDDLE_STEPS) & middle["method"].isin([DASD, "static"])]
         sdm_diff = paired_differences(sdm2, middle, ["variant"])
-        means = pooled(pd.concat([sumr.assign(condition=np.where(sumr["freeze_embedding"] == True,  # noqa: E712
-                                                                 "embedding frozen", "embedding trained")),
-                                  middle.assign(condition="embedding trained")]),
-                       ["variant", "condition", "method"], "SumR")
+        condition = np.where(sumr["freeze_embedding"] == True, "embedding frozen",  # noqa: E712
+                             "embedding trained")
+        both = pd.concat([sumr.assign(condition=condition), middle.assign(condition="embedding trained")])
+        means = pooled(both, ["variant", "condition", "method"], "SumR")
+        runs = self.runs["variants"]
+        frozen_runs = runs[runs["freeze_embedding"] == True]  # noqa: E712
+        trained_runs = pd.concat([runs[runs["freeze_embedding"] != True],  # noqa: E712
+                                  self.runs.get("budget", pd.DataFrame())])
+        frozen_params = trainable_params(frozen_runs)
+        params = pd.concat([frozen_params.assign(condition="embedding frozen"),
+                            trainable_params(trained_runs).assign(condition="embedding trained")])
+        means = means.merge(params, on=["condition", "method"], how="left")
+        probes = probe_rows(self.runs["variants"])
+        probes = probes.assign(condition=np.where(probes["freeze_embedding"] == True,  # noqa: E712
+                                                  "embedding frozen", "embedding trained")) if len(probes) else probes
+        contrast = feature_contrast(probes, ["condition"]) if len(probes) else pd.DataFrame()
         self.tables |= {"variants_sumr": means, "variants_frozen_differences": frozen_diff,
-                        "variants_sdm2_differences": sdm_diff}
+                        "variants_sdm2_differences": sdm_diff, "variants_probe_contrast": contrast,
+                        "variants_frozen_params": frozen_params}
         shown = pd.concat([frozen_diff.assign(comparison="frozen embedding"),
                            sdm_diff.assign(comparison="sdm_layers 2 (embedding trained)")])
+        cells = means.assign(SumR=[f"{r.SumR:.1f}" + ("" if np.isnan(r.ci_low) else f" ± {(r.ci_high - r.ci_low) / 2:.1f}")
+                                   for r in means.itertuples()])
+        keep = ["variant", "condition", "method", "SumR", "n"] + (["trainable_params"] if "trainable_params" in cells else [])
         return "\n".join([
             "## Variants: SDM over two blocks, and the frozen embedding",
-            "`dasd-sweep params/study/variants.yaml --workers 2`; dasd_sdm2 is compared with the "
-            "budget sweep's middle point.", "",
-            _table(means), "Differences, paired by seed:", "",
+            "`dasd-sweep params/study/variants.yaml --workers 2`; dasd_sdm2 and the trained-embedding "
+            "rows of dasd and static are the budget sweep's middle point (same seeds). Trainable "
+            "parameters as results.csv records them (with the embedding frozen: "
+            + (", ".join(f"{r.method} {int(r.trainable_params):,}" for r in frozen_params.itertuples())
+               or "n/a") + ").", "",
+            _table(cells[keep].sort_values(["variant", "condition", "method"])), "Differences, paired by seed:", "",
             _table(shown.assign(interval=[_interval(r) for _, r in shown.iterrows()])
                    [["comparison", "variant", "method", "baseline", "interval", "n_seeds", "verdict"]]
-                   if len(shown) else shown), ""])
+                   if len(shown) else shown),
+            "f_sr minus f_sa probe accuracy of these variants:", "",
+            _contrast_table(contrast.assign(condition=contrast["method"] + ", " + contrast["condition"])
+                            if len(contrast) else contrast, "condition"), ""])
 
     def style_gap(self, figures: Path) -> str:
         sumr = self.sumr["style_gap"]
@@ -479,8 +540,9 @@ def write_findings(sweeps_dir: str | Path, out: str | Path,
                              if discussion and Path(discussion).is_file() else "")
     figures.mkdir(parents=True, exist_ok=True)
     for name, table in findings.tables.items():
-        table.to_csv(figures / f"{name}.csv", index=False)
-    out.write_text(text, encoding="utf-8")
+        if len(table.columns):  # a section without rows of that kind has no table
+            atomic_csv(table, figures / f"{name}.csv")
+    atomic_write(out, text)
     return out
 
 

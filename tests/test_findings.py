@@ -130,6 +130,33 @@ def test_findings_from_sweep_folders(tmp_path):
     assert cost.loc["dasd", "trainable_params"] == 101
 
 
+def test_variants_and_style_gap_sections(tmp_path):
+    sweeps = tmp_path / "sweeps"
+    for seed in range(3):
+        fake_run(sweeps / "budget", f"b-s{seed}", ["cla.steps=200"], seed,
+                 {("dasd", "native"): 300.0 + seed, ("static", "native"): 298.0 + seed})
+        fake_run(sweeps / "variants", f"frozen-s{seed}", ["model.freeze_embedding=true"], seed,
+                 {("dasd", "native"): 250.0 + 2 * seed, ("static", "native"): 240.0 + seed})
+        fake_run(sweeps / "variants", f"sdm2-s{seed}", [], seed, {("dasd_sdm2", "native"): 290.0 + seed})
+        for share, gap in ((0.0, -60.0), (1.0, -5.0)):
+            fake_run(sweeps / "style_gap", f"g{share}-s{seed}",
+                     [f"data.mt_native_share={share}", f"data.name=g{int(share)}"], seed,
+                     {("dasd", "native"): 300.0 + gap + seed, ("dasd", "mt_clean"): 300.0 + seed,
+                      ("static", "native"): 290.0 + gap, ("static", "mt_clean"): 290.0})
+    out = F.write_findings(sweeps, tmp_path / "findings.md")
+    text = out.read_text()
+    tables = {p.stem: pd.read_csv(p) for p in (tmp_path / "findings").glob("*.csv")}
+    frozen = tables["variants_frozen_differences"].iloc[0]
+    assert frozen["diff"] == pytest.approx(np.mean([10.0, 11.0, 12.0])) and frozen["verdict"] == "better"
+    sdm2 = tables["variants_sdm2_differences"].set_index("baseline")
+    assert sdm2.loc["dasd", "diff"] == pytest.approx(-10.0) and sdm2.loc["dasd", "verdict"] == "worse"
+    gaps = tables["style_gap_gaps"].set_index(["method", "mt_native_share"])
+    assert gaps.loc[("dasd", 0.0), "gap"] == pytest.approx(-60.0)
+    assert gaps.loc[("static", 1.0), "gap"] == pytest.approx(-5.0)
+    assert "## Style gap" in text and "## Variants" in text and "style_gap.png" in text
+    assert "Not run yet: adv_weight" in text
+
+
 def test_cli_refuses_a_missing_sweeps_folder(tmp_path, capsys):
     assert F.main(["--sweeps-dir", str(tmp_path / "nope"), "--out", str(tmp_path / "f.md")]) == 2
     assert "run the study sweeps" in capsys.readouterr().err
