@@ -22,6 +22,7 @@ LAYERS = [
     ["plots"],
     ["explorer"],
     ["disentangle", "compare", "findings"],
+    ["execution"],
     ["run", "sweep"],
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
