@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as _dt
 import importlib.metadata
 import json
+import logging
 import os
 import platform
 import re
@@ -143,12 +144,27 @@ def _kernel_config() -> dict[str, Any]:
     return {"config": Config({"KernelManager": {"transport_encryption": "auto"}})}
 
 
+def show_papermill_log() -> None:
+    """papermill writes a notebook's outputs (log_output) to its 'papermill' logger at INFO,
+    which has no handler of its own: give it one on stderr, once, so --log-output shows the
+    cells' prints and progress as they come."""
+    logger = logging.getLogger("papermill")
+    if not any(getattr(h, "_dasd", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("  %(message)s"))
+        handler._dasd = True
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
 def execute_notebook(src: Path, dst: Path, *, parameters: dict[str, Any], cwd: Path,
                      log_output: bool = False, progress: bool = False) -> None:
     """Run one notebook with papermill into `dst`; raise NotebookFailed naming the cell."""
     import papermill as pm  # imported here: notebooks import this module and need no papermill
     from papermill.exceptions import PapermillExecutionError
 
+    if log_output:
+        show_papermill_log()
     try:
         pm.execute_notebook(str(src), str(dst), parameters=parameters, kernel_name=KERNEL_NAME,
                             cwd=str(cwd), log_output=log_output, progress_bar=progress,

@@ -82,6 +82,13 @@ def calls(monkeypatch):
 
 # ----------------------------------------------------------------------------- real papermill
 
+def test_log_output_shows_the_cells_output(project, capfd):
+    nb = notebook('print("hello from the cell", flush=True)')
+    nbformat.write(nb, project / "notebooks" / "01_second.ipynb")
+    assert main(args(project, "--run-id", "lo", "--only", "01", "--log-output")) == 0
+    assert "hello from the cell" in capfd.readouterr().err
+
+
 def test_real_papermill_run_stops_at_failing_cell(project, capsys):
     rc = main(args(project, "--run-id", "r1", "--only", "00,02,03", "-p", "cla.steps=7"))
     err = capsys.readouterr().err
