@@ -22,7 +22,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Sequence, Any
 
 import yaml
 from .storage import atomic_write
@@ -305,18 +305,41 @@ def load_params(path: str | Path | None = None, overrides: list[str] | dict | No
 
 # keys whose value must be one of a few words: checked when parameters are loaded, so a typo
 # stops the run before anything starts
+SETTINGS = ("finetune", "zeroshot")
 CHOICES = {("run", "i2t_protocol"): ("standard", "official"),
-           ("run", "eval_split"): ("test", "val")}
+           ("run", "eval_split"): ("test", "val"),
+           ("run", "device"): ("auto", "cpu", "cuda")}
+# counts that must not be negative, and sizes that must be at least one
+NON_NEGATIVE = [(stage, key) for stage in ("vlp", "cla", "cma") for key in ("steps", "epochs")]
+POSITIVE = [(stage, "batch_size") for stage in ("vlp", "cla", "cma")]
+
+
+def _closest(value: Any, allowed: Sequence[str]) -> str:
+    close = difflib.get_close_matches(str(value), list(allowed), n=1, cutoff=0.5)
+    return f"; did you mean '{close[0]}'?" if close else ""
 
 
 def check_choices(params: "Params", where: str = "parameters") -> None:
+    """Values no dataclass type can refuse: words from a short list (run.device also takes
+    'cuda:<n>'), run.settings and the settings named in run.methods, counts >= 0, sizes >= 1.
+    Method names are checked against dasd_lib.model.METHODS by pipeline.check_methods."""
     for (section, key), allowed in CHOICES.items():
         value = getattr(getattr(params, section), key)
-        if value not in allowed:
-            close = difflib.get_close_matches(str(value), allowed, n=1, cutoff=0.5)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
+        if value not in allowed and not (key == "device" and str(value).startswith("cuda:")):
             raise ConfigError(f"{where}: {section}.{key} is '{value}', not one of "
-                              f"{', '.join(allowed)}{hint}")
+                              f"{', '.join(allowed)}{_closest(value, allowed)}")
+    for setting in [*params.run.settings, *params.run.methods]:
+        if setting not in SETTINGS:
+            raise ConfigError(f"{where}: run.settings / run.methods name setting '{setting}', not "
+                              f"one of {', '.join(SETTINGS)}{_closest(setting, SETTINGS)}")
+    for section, key in NON_NEGATIVE:
+        if getattr(getattr(params, section), key) < 0:
+            raise ConfigError(f"{where}: {section}.{key} is {getattr(getattr(params, section), key)}; "
+                              f"it counts training steps, so it must be 0 or more")
+    for section, key in POSITIVE:
+        if getattr(getattr(params, section), key) < 1:
+            raise ConfigError(f"{where}: {section}.{key} is {getattr(getattr(params, section), key)}; "
+                              f"it must be at least 1")
 
 
 def params_from_dict(values: dict[str, Any]) -> Params:

@@ -7,6 +7,7 @@ on the downstream test set.
 """
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import os
@@ -304,6 +305,18 @@ def source_vlp(params: Params, run_dir: str | Path, resume: bool = True,
 
 
 # ----------------------------------------------------------------------------- target stages (02, 03)
+
+def check_methods(params: Params) -> None:
+    """Every name in run.methods is a method of dasd_lib.model.METHODS (checked before a run
+    starts, so a typo fails at once, not in notebook 02)."""
+    for setting, names in params.run.methods.items():
+        for name in names:
+            if name not in METHODS:
+                close = difflib.get_close_matches(name, list(METHODS), n=1, cutoff=0.5)
+                hint = f"did you mean '{close[0]}'? " if close else ""
+                raise ConfigError(f"run.methods.{setting}: unknown method '{name}'; {hint}"
+                                  f"known: {', '.join(sorted(METHODS))}")
+
 
 def trained_methods(params: Params, setting: str) -> list[str]:
     names = params.run.methods.get(setting, [])

@@ -177,7 +177,8 @@ def run_notebooks(params_path: str | Path, run_id: str | None = None,
     notebooks_dir = Path(notebooks_dir).resolve()
     root = notebooks_dir.parent
     params_path = Path(params_path).resolve()
-    params = load_params(params_path, list(overrides or []))  # unknown keys fail here
+    params = load_params(params_path, list(overrides or []))  # unknown keys and values fail here
+    pipeline.check_methods(params)
     notebooks = select_notebooks(find_notebooks(notebooks_dir), only)
     reports = (Path(reports_dir).resolve() if reports_dir is not None
                else root / params.run.reports_dir)
@@ -294,6 +295,7 @@ def prepare_run(params_file: str | Path, run_dir: str | Path,
         root = find_project_root()
         source = _resolve_input(params_file, root) if str(params_file) else None
         params = load_params(source, overrides)
+        pipeline.check_methods(params)
         if root is not None:
             os.chdir(root)  # as under dasd-run: relative params paths start at the project root
         folder = (root or Path.cwd()) / params.run.reports_dir / INTERACTIVE_ID

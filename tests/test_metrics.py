@@ -154,3 +154,32 @@ def test_i2t_protocol_is_checked_when_parameters_load():
         load_params(None, ["run.i2t_protocol=oficial"])
     with pytest.raises(ConfigError, match="run.eval_split is 'tset'"):
         load_params(None, ["run.eval_split=tset"])
+
+
+@pytest.mark.parametrize("override,message", [
+    ("cla.steps=-1", "cla.steps is -1; it counts training steps"),
+    ("vlp.batch_size=0", "vlp.batch_size is 0; it must be at least 1"),
+    ("run.settings=[fintune]", "setting 'fintune'.*did you mean 'finetune'"),
+    ("run.methods={zeroshoot: [dasd]}", "setting 'zeroshoot'"),
+    ("run.device=gpu", "run.device is 'gpu', not one of auto, cpu, cuda"),
+])
+def test_bad_values_stop_when_parameters_load(override, message):
+    from dasd_lib.config import ConfigError, load_params
+    with pytest.raises(ConfigError, match=message):
+        load_params(None, [override])
+    assert load_params(None, ["run.device=cuda:1"]).run.device == "cuda:1"
+
+
+def test_unknown_method_names_stop_before_a_run_starts(tmp_path):
+    from dasd_lib.config import ConfigError, load_params
+    from dasd_lib.pipeline import check_methods
+    with pytest.raises(ConfigError, match="run.methods.finetune: unknown method 'dasdd'; did you mean 'dasd'"):
+        check_methods(load_params(None, ["run.methods={finetune: [dasdd]}"]))
+    from dasd_lib.run import run_notebooks
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "params").mkdir()
+    (tmp_path / "params" / "p.yaml").write_text("run: {methods: {finetune: [statik]}}\n")
+    with pytest.raises(ConfigError, match="unknown method 'statik'"):
+        run_notebooks(tmp_path / "params" / "p.yaml", run_id="x", notebooks_dir=tmp_path / "notebooks",
+                      reports_dir=tmp_path / "reports")
+    assert not (tmp_path / "reports" / "x").exists()
