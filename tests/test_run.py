@@ -300,3 +300,17 @@ def test_failure_hint_lists_the_remaining_notebooks(project, calls, monkeypatch,
     monkeypatch.setattr(runner, "execute_notebook", failing)
     assert main(args(project, "--run-id", "y")) == 1
     assert "--run-id y --resume --only 02,03" in capsys.readouterr().err
+
+
+def test_train_command_refuses_a_run_folder_in_use(tmp_path, capsys):
+    from dasd_lib.run import train_main
+    from conftest import SMOKE
+    run = tmp_path / "busy"
+    run.mkdir()
+    holder = RunLock(run).acquire("dasd-run")
+    try:
+        assert train_main(["--params", str(SMOKE), "--run-dir", str(run), "--stage", "cla"]) == 2
+        assert "in use by another dasd-run" in capsys.readouterr().err
+        assert not (run / "params.yaml").exists()
+    finally:
+        holder.release()
