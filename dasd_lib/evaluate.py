@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from .config import Params
 from .metrics import (bootstrap_weights, paired_differences, recall_metrics_and_hits,
                       sumr_replicates)
-from .report import COMPARISONS_FILE, headline_rows, seed_summary, write_results_markdown  # noqa: F401
+from .report import headline_rows, seed_summary
 
 log = logging.getLogger("dasd_lib.evaluate")
 

@@ -67,8 +67,9 @@ def retrieval_ranks(sim: np.ndarray, caption_image: np.ndarray,
         missing = int(np.isneginf(best_own).sum())
         raise ValueError(f"{missing} images have no caption; drop them before evaluating")
     i2t = np.empty(n_images, dtype=np.int64)
-    order = np.argsort(caption_image, kind="stable")  # captions grouped by image, for reduceat
-    starts = np.searchsorted(caption_image[order], np.arange(n_images))
+    if protocol == "official":  # captions grouped by image, for reduceat
+        order = np.argsort(caption_image, kind="stable")
+        starts = np.searchsorted(caption_image[order], np.arange(n_images))
     for lo in range(0, n_images, CHUNK):
         cols = np.arange(lo, min(lo + CHUNK, n_images))
         block = sim[:, cols]                                   # (n_captions, chunk)

@@ -25,13 +25,13 @@ from filelock import FileLock
 from .backbones import build_tiny_backbone, load_backbone, load_hf_backbone
 from .checkpoint import (PRETRAINED_FILES, CheckpointError, atomic_dir, check_record, fingerprint,
                          from_pretrained, make_record, read_meta)
-from .config import SOURCE_LANG, ConfigError, DataConfig, Params, canonical_stage
-from .evaluate import (COMPARISONS_FILE, RESULT_COLUMNS, SCORE_KEYS, compare_methods, embed_target,
-                       kfold_for, score_captions, score_captions_with_hits, unique_images,
-                       write_results_markdown)
+from .config import CHOICES, SOURCE_LANG, ConfigError, DataConfig, Params, canonical_stage
+from .evaluate import (RESULT_COLUMNS, SCORE_KEYS, compare_methods, embed_target, kfold_for,
+                       score_captions, score_captions_with_hits, unique_images)
 from .metrics import chance_sumr
 from .data import load_corpus, load_images
 from .model import METHODS, build_target_model
+from .report import COMPARISONS_FILE, write_results_markdown
 from .storage import atomic_csv, atomic_write
 from .train import (TrainingError, file_fingerprint, features_key, frozen_features,
                     apply_determinism, make_target_data, resolve_device, stage_inputs, stage_records, target_data_key,
@@ -90,7 +90,7 @@ def load_table(cfg: DataConfig) -> pd.DataFrame:
     return _load_table_cached(json.dumps(asdict(cfg), sort_keys=True)).copy()
 
 
-EVAL_SPLITS = ("test", "val")
+EVAL_SPLITS = CHOICES[("run", "eval_split")]  # one list: config checks it when parameters load
 
 
 def test_table(params: Params) -> pd.DataFrame:
