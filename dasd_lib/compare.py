@@ -58,15 +58,18 @@ def comparison_inputs(sweep_dir: str | Path = "",
     run_dirs given: those, in that order; outputs go to sweep_dir, or with sweep_dir ""
     (the notebook opened by hand) to <project>/reports/sweeps/interactive. Only sweep_dir:
     its points (runs/<point>/) in grid order, as its sweep.yaml lists them."""
+    root = find_project_root()
+
+    def resolve(path) -> Path:  # relative means the project root, as in notebooks 00-06
+        p = Path(path).expanduser()
+        return (p if p.is_absolute() or root is None else root / p).resolve()
+
     if not str(sweep_dir):
-        root = find_project_root()
-        if root is not None:
-            os.chdir(root)  # as under dasd-sweep: relative paths start at the project root
         out = (root or Path.cwd()) / RunConfig().reports_dir / "sweeps" / INTERACTIVE_ID
     else:
-        out = Path(sweep_dir).expanduser().resolve()
+        out = resolve(sweep_dir)
     if run_dirs:
-        runs = [Path(p).expanduser().resolve() for p in run_dirs]
+        runs = [resolve(p) for p in run_dirs]
     elif str(sweep_dir):
         runs = sweep_run_dirs(out)
     else:

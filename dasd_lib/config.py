@@ -300,7 +300,33 @@ def load_params(path: str | Path | None = None, overrides: list[str] | dict | No
                 nested = {k: nested}
             params = build_dataclass(Params, nested, f"override '{text}'", params)
     check_choices(params, where)
-    return params
+    root = (find_project_root(path.parent) if path is not None else None) or find_project_root()
+    return resolve_paths(params, root) if root is not None else params
+
+
+# path-valued keys. One rule: a relative path means the project root (the folder holding
+# notebooks/ and params/), wherever the kernel or command runs; load_params makes them
+# absolute, so params.yaml of a run names its files wherever it is read from. Inputs that may
+# also be hub ids are resolved only when the folder exists under the root.
+PATH_KEYS = [(s, k) for s in ("data", "web") for k in ("root", "path", "english_path")] + \
+    [("run", "reports_dir"), ("run", "shared_dir")]
+HUB_OR_PATH_KEYS = [("model", "clip_path"), ("model", "mbert_path")]
+
+
+def resolve_paths(params: "Params", root: Path) -> "Params":
+    """`params` with every relative path of PATH_KEYS (and HUB_OR_PATH_KEYS that exist under
+    `root`) made absolute against the project root; "" (unset) stays ""."""
+    sections = {}
+    for section, key in [*PATH_KEYS, *HUB_OR_PATH_KEYS]:
+        value = getattr(getattr(params, section), key)
+        if not value or Path(value).expanduser().is_absolute():
+            continue
+        target = root / Path(value)
+        if (section, key) in HUB_OR_PATH_KEYS and not target.exists():
+            continue  # a hub id such as openai/clip-vit-base-patch16
+        sections.setdefault(section, {})[key] = str(target.resolve())
+    return dataclasses.replace(params, **{s: dataclasses.replace(getattr(params, s), **changes)
+                                          for s, changes in sections.items()})
 
 
 # keys whose value must be one of a few words: checked when parameters are loaded, so a typo

@@ -287,18 +287,20 @@ def prepare_run(params_file: str | Path, run_dir: str | Path,
       must agree on their parameters.
     - run_dir without params.yaml (a notebook run alone with papermill): params_file plus
       overrides, recorded into run_dir/params.yaml and env.json.
-    - run_dir "" (opened alone in JupyterLab): changes into the project root, loads
-      params_file plus overrides and uses <reports_dir>/interactive as the run folder.
+    - run_dir "" (opened alone in JupyterLab): params_file plus overrides, and
+      <reports_dir>/interactive as the run folder.
+    Relative params_file and run_dir mean the project root, as relative paths inside the
+    parameters do (config.resolve_paths), whatever folder the kernel runs in.
     """
     overrides = list(overrides or [])
+    root = find_project_root()
+    source = _notebook_path(params_file, root) if str(params_file) else None
     if not str(run_dir):
-        root = find_project_root()
-        source = _resolve_input(params_file, root) if str(params_file) else None
         params = load_params(source, overrides)
         pipeline.check_methods(params)
-        if root is not None:
-            os.chdir(root)  # as under dasd-run: relative params paths start at the project root
-        folder = (root or Path.cwd()) / params.run.reports_dir / INTERACTIVE_ID
+        folder = Path(params.run.reports_dir) / INTERACTIVE_ID
+        if not folder.is_absolute():  # outside a project: relative to the kernel's folder
+            folder = folder.resolve()
         params = _with_run_id(params, INTERACTIVE_ID)
         folder.mkdir(parents=True, exist_ok=True)
         if (folder / "params.yaml").is_file():
@@ -310,11 +312,11 @@ def prepare_run(params_file: str | Path, run_dir: str | Path,
                       f"is retrained (parameter restart = True in notebooks 01-03)")
         return _record(params, folder, root or Path.cwd())
 
-    folder = Path(run_dir).expanduser().resolve()
+    folder = _notebook_path(run_dir, root)
     recorded = folder / "params.yaml"
     if recorded.is_file():
         params = load_params(recorded)
-        given = _resolve_input(params_file, None) if str(params_file) else recorded
+        given = source or recorded
         if given != recorded or overrides:
             asked = load_params(given, overrides)
             changed = params_diff(params, asked)
@@ -327,9 +329,20 @@ def prepare_run(params_file: str | Path, run_dir: str | Path,
         for sub in RUN_SUBDIRS:
             (folder / sub).mkdir(parents=True, exist_ok=True)
         return params, folder
-    params = load_params(_resolve_input(params_file, None) if str(params_file) else None, overrides)
+    params = load_params(source, overrides)
     folder.mkdir(parents=True, exist_ok=True)
-    return _record(_with_run_id(params, folder.name), folder, Path.cwd())
+    return _record(_with_run_id(params, folder.name), folder, root or Path.cwd())
+
+
+def _notebook_path(path: str | Path, root: Path | None) -> Path:
+    """A path given as a notebook parameter: relative means the project root (the same
+    wherever the kernel runs: notebooks/, a run's notebooks/ copy, or under dasd-run);
+    outside a project, the kernel's folder. A path that exists only relative to the
+    kernel's folder (the older '../params/x.yaml' form in notebooks/) is taken as it is."""
+    p = Path(path).expanduser()
+    if p.is_absolute() or root is None or (not (root / p).exists() and p.exists()):
+        return p.resolve()
+    return (root / p).resolve()
 
 
 def _record(params: Params, folder: Path, root: Path) -> tuple[Params, Path]:

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT, SMOKE, smoke_params
+from dasd_lib.execution import execute_notebook
 from dasd_lib.run import find_notebooks, run_notebooks
 
 RESULT_COLUMNS = ["setting", "method", "lang", "seed", "i2t_R1", "i2t_R5", "i2t_R10", "t2i_R1",
@@ -113,3 +114,30 @@ def test_same_parameters_give_byte_identical_results(smoke_run_dir):
         assert (again / name).read_bytes() == (run_dir / name).read_bytes(), name
     seeds = json.loads((again / "env.json").read_text())["seeds"]
     assert any(k.startswith("run.vlp_seed") for k in seeds)
+
+
+def test_relative_paths_mean_the_project_root_wherever_the_kernel_runs(tmp_path):
+    """Notebook 00 executed as JupyterLab would: the kernel in notebooks/, then in the run's
+    notebooks/ copy, with relative params_file and run_dir and the relative default
+    data.root. Everything written lands in the run folder or the data root."""
+    project = tmp_path / "project"
+    (project / "params").mkdir(parents=True)
+    (project / "notebooks").mkdir()
+    (project / "params" / "smoke.yaml").write_text(SMOKE.read_text())
+    source = project / "notebooks" / "00_prepare_data.ipynb"
+    source.write_bytes((ROOT / "notebooks" / source.name).read_bytes())
+    before = {p for p in project.rglob("*")}
+    parameters = {"params_file": "params/smoke.yaml", "run_dir": "reports/rel",
+                  "overrides": ["run.device=cpu"]}
+    run = project / "reports" / "rel"
+    (run / "notebooks").mkdir(parents=True)  # where dasd-run keeps executed copies
+    execute_notebook(source, run / "notebooks" / source.name, parameters=parameters,
+                     cwd=project / "notebooks")
+    again = run / "notebooks" / "again.ipynb"
+    execute_notebook(run / "notebooks" / source.name, again, parameters=parameters,
+                     cwd=run / "notebooks")
+    written = {p for p in project.rglob("*") if p.is_file()} - before
+    outside = [p for p in written if not (p.is_relative_to(run) or p.is_relative_to(project / "dataset"))]
+    assert outside == []
+    assert (project / "dataset" / "smoke" / "meta.json").is_file() and (run / "params.yaml").is_file()
+    assert not (run / "notebooks" / "dataset").exists() and not (project / "notebooks" / "dataset").exists()

@@ -261,12 +261,20 @@ def test_prepare_run_modes(project, monkeypatch):
     assert prepare_run(str(pfile), str(run), ["cla.steps=5"])[0] == params
     with pytest.raises(ConfigError, match=r"cla\.steps: 5 -> 3"):
         prepare_run(str(pfile), str(run), [])
-    # opened alone in JupyterLab: cwd notebooks/, run_dir "" -> reports/interactive
+    # opened alone in JupyterLab: cwd notebooks/, run_dir "" -> reports/interactive; relative
+    # paths mean the project root, and the library never changes the working directory
     monkeypatch.chdir(project / "notebooks")
-    params, run = prepare_run("../params/t.yaml", "", ["cla.steps=4"])
+    params, run = prepare_run("params/t.yaml", "", ["cla.steps=4"])
     assert run == (project / "reports" / "interactive").resolve() and params.cla.steps == 4
-    assert Path.cwd() == project.resolve() and params.run.run_id == "interactive"
+    assert Path.cwd() == (project / "notebooks").resolve() and params.run.run_id == "interactive"
     assert (run / "params.yaml").is_file() and (run / "losses").is_dir()
+    assert params.data.root == str((project / "dataset").resolve())
+    assert prepare_run("../params/t.yaml", "", ["cla.steps=4"])[0] == params  # the older form
+    # a run's executed copy (kernel in reports/solo/notebooks/) names the run from the root
+    (project / "reports" / "solo" / "notebooks").mkdir()
+    monkeypatch.chdir(project / "reports" / "solo" / "notebooks")
+    assert prepare_run("params/t.yaml", "reports/solo", ["cla.steps=5"]) == (
+        prepare_run(str(pfile), str(project / "reports" / "solo"), ["cla.steps=5"]))
 
 
 def test_notebook_failed_message_names_everything():
