@@ -327,17 +327,21 @@ def _timing_cells(run_dir: Path) -> list:
         note = problem or "No timings.json: this run was not made by dasd-run."
         return cells + [_md(f"_{note}_")]
     status = str(timings.get("status", "?"))
-    line = f"Run status: **{status}**, started {timings.get('started', '?')}"
+    # after --resume, started/finished/total belong to the last dasd-run only, while the
+    # table keeps every notebook's latest execution: the sentence says which is which
+    line = f"Run status: **{status}**; the last dasd-run started {timings.get('started', '?')}"
     if timings.get("finished"):
         line += f", finished {timings['finished']}"
     if isinstance(timings.get("total_seconds"), (int, float)):
-        line += f" ({timings['total_seconds']:.1f} s in all)"
+        line += f" ({timings['total_seconds']:.1f} s)"
     if status == "running":
         # a report notebook 06 writes during a dasd-run; the runner rewrites it at the end
         line += (". The run was still going when this report was written; dasd-run "
                  "rewrites the report with the final timings when the run ends")
-    cells.append(_md(line + "."))
     rows = timings_rows(timings)
+    if not rows.empty:
+        line += ". Below, each notebook's latest execution"
+    cells.append(_md(line + "."))
     if not rows.empty:
         cells.append(_display(_html_table(rows)))
     return cells

@@ -128,8 +128,9 @@ def test_report_of_a_finished_run_shows_final_timings(run_dir):
                                                                   "seconds": 3.21}))
     soup = BeautifulSoup(write_report(run_dir).read_text(encoding="utf-8"), "html.parser")
     timing_text = soup.find(id="Timings").find_next("p").get_text()
-    assert timing_text == ("Run status: completed, started 2026-12-03T08:00:00+00:00, finished "
-                           "2026-12-03T08:02:30+00:00 (150.0 s in all).")
+    assert timing_text == ("Run status: completed; the last dasd-run started "
+                           "2026-12-03T08:00:00+00:00, finished 2026-12-03T08:02:30+00:00 "
+                           "(150.0 s). Below, each notebook's latest execution.")
     assert timings_table(soup) == [["00_prepare_data.ipynb", "ok", "17.6"],
                                    ["06_report.ipynb", "ok", "3.2"]]
 
