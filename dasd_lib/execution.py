@@ -1,6 +1,7 @@
 """What the runner stands on: its errors, executing one notebook with papermill (and
 naming the cell that failed), finding and selecting the numbered notebooks, the record
-of the environment a run ran in (env.json), and the run folder's lock."""
+of the environment a run ran in (env.json), the run folder's lock, and the kernel hook
+that keeps a run's report.html in step with the files it shows."""
 from __future__ import annotations
 
 import datetime as _dt
@@ -19,6 +20,7 @@ from typing import Any, Sequence
 
 from filelock import FileLock, Timeout
 
+from .report_html import REPORT_FILE, stale_report_inputs, write_report
 from .storage import atomic_write
 
 KERNEL_NAME = "python3"
@@ -256,6 +258,18 @@ class RunLock:
         return (f"run folder {self.path.parent} is in use by another dasd-run ({who}); "
                 f"wait for it to finish or pick another --run-id")
 
+    def held_elsewhere(self) -> bool:
+        """Whether another holder (a dasd-run in another process) has the folder now. Probes
+        by taking the flock and dropping it at once; .lock.json is left alone."""
+        if self.held or not self.path.parent.is_dir():
+            return False
+        try:
+            self._lock.acquire()
+        except Timeout:
+            return True
+        self._lock.release()
+        return False
+
     def release(self) -> None:
         if not self._lock.is_locked:
             return
@@ -267,3 +281,50 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+# ----------------------------------------------------------------------------- in notebook kernels
+
+# the post_run_cell callback keep_report_fresh registered, per IPython shell
+_REPORT_HOOKS: dict[int, Any] = {}
+
+
+def keep_report_fresh(run_dir: str | Path, shell: Any = None) -> bool:
+    """In a notebook kernel: after every cell, rewrite run_dir/report.html when a file it is
+    made from (a figure, probes.csv, results.csv, ...) was written after it, so re-running a
+    notebook of a finished run refreshes the report instead of leaving it stale. Nothing is
+    done while another process holds the run folder's lock: that is a dasd-run, which
+    rewrites the report itself when the run ends. A later call replaces the earlier hook.
+    Returns whether a hook is registered (False outside IPython)."""
+    if shell is None:
+        from IPython import get_ipython  # optional: only notebooks have a shell
+        shell = get_ipython()
+    if shell is None:
+        return False
+    run_dir = Path(run_dir)
+
+    def refresh(result: Any = None) -> None:
+        if not (run_dir / REPORT_FILE).is_file() or RunLock(run_dir).held_elsewhere():
+            return
+        changed = stale_report_inputs(run_dir)
+        if not changed:
+            return
+        try:
+            write_report(run_dir)
+        except Exception as err:  # noqa: BLE001 - said in the cell's output, not a traceback
+            print(f"note: {run_dir / REPORT_FILE} is out of date and could not be rewritten "
+                  f"({type(err).__name__}: {err}); run notebook 06 to rewrite it")
+            return
+        names = ", ".join(p.relative_to(run_dir).as_posix() for p in changed[:4])
+        more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
+        print(f"report: rewrote {run_dir / REPORT_FILE} ({names}{more} changed)")
+
+    old = _REPORT_HOOKS.pop(id(shell), None)
+    if old is not None:
+        try:
+            shell.events.unregister("post_run_cell", old)
+        except ValueError:
+            pass  # already gone
+    shell.events.register("post_run_cell", refresh)
+    _REPORT_HOOKS[id(shell)] = refresh
+    return True

@@ -2,15 +2,20 @@
 target-language test captions embedded by each method's trained tower (CaptionFeatures:
 r_T, f_sr, f_sa, W_z; dasd_lib.disentangle analyses them), the test images with their
 frozen embeddings (ImageBank), ranked search for a caption in any language, static
-retrieval examples and an ipywidgets explorer.
+retrieval examples and an ipywidgets explorer, with warnings for a query the model cannot
+read (mostly unknown words, or a script the chosen language is not written in).
 
 Figure text stays ASCII/Latin: matplotlib's default font has no CJK glyphs, so captions
 in Japanese or Chinese go into tables, never into figures (figure_text).
 """
 from __future__ import annotations
 
+import base64
 import io
+import unicodedata
+from collections import Counter
 from dataclasses import dataclass, field
+from html import escape
 from pathlib import Path
 from typing import Sequence
 
@@ -248,6 +253,142 @@ def search_table(model, backbone, queries: pd.DataFrame, bank: ImageBank, k: int
     return pd.DataFrame(rows)
 
 
+# ----------------------------------------------------------------------------- query checks
+
+# The scripts each language's captions are written in: the first word of the Unicode name
+# of their letters (IDEOGRAPHIC: marks such as 々 that go with Han characters).
+LANG_SCRIPTS = {"en": {"LATIN"}, "de": {"LATIN"}, "fr": {"LATIN"}, "cs": {"LATIN"},
+                "ja": {"CJK", "IDEOGRAPHIC", "HIRAGANA", "KATAKANA"},
+                "zh": {"CJK", "IDEOGRAPHIC"}}
+KANA = {"HIRAGANA", "KATAKANA"}
+UNSPACED_SCRIPTS = {"CJK", "IDEOGRAPHIC", *KANA}  # no spaces between words
+UNKNOWN_SHARE = 0.5  # warn when more of the query's words than this are unknown
+
+
+def letter_scripts(text: str) -> Counter:
+    """How many letters of `text` each script has (LATIN, CJK, HIRAGANA, CYRILLIC, ...)."""
+    counts: Counter = Counter()
+    for ch in text:
+        if not ch.isalpha():
+            continue
+        words = unicodedata.name(ch, "UNKNOWN").replace("FULLWIDTH ", "").replace(
+            "HALFWIDTH ", "").split()
+        counts[words[0].split("-")[0]] += 1  # KATAKANA-HIRAGANA PROLONGED SOUND MARK: KATAKANA
+    return counts
+
+
+def script_warning(text: str, lang: str) -> str | None:
+    """A warning when `text` is not written in the script of `lang`'s captions (Latin for
+    en/de/fr/cs, Han and kana for ja, Han for zh); None when it fits or there is no rule."""
+    expected = LANG_SCRIPTS.get(lang)
+    counts = letter_scripts(text)
+    total = sum(counts.values())
+    if not expected or not total:
+        return None
+    if sum(counts[s] for s in expected) / total < 0.5:
+        main = counts.most_common(1)[0][0]
+        main = "Han (CJK)" if main in ("CJK", "IDEOGRAPHIC") else main.title()
+        return (f"the caption is written mostly in {main} script, which {lang} captions do not "
+                f"use: the model has hardly seen these characters as {lang}, so the ranking "
+                f"says little. Pick the caption's language.")
+    kana = sum(counts[s] for s in KANA)
+    if lang == "zh" and kana:
+        return ("the caption holds kana (Japanese script), which zh captions do not use: "
+                "is it Japanese? Pick ja.")
+    if lang == "ja" and not kana and counts["CJK"] >= 4:
+        return ("the caption has Han characters but no kana, like Chinese rather than "
+                "Japanese text: is it Chinese? Pick zh.")
+    return None
+
+
+def unknown_words(text: str, tokenizer) -> tuple[list[str], int]:
+    """(the words of `text` the tokenizer does not know, how many words it has). Unknown: a
+    word with an [UNK] piece, or a spaced-script word of 3+ letters that falls apart into
+    single characters (the tiny tokenizers hold every character, so an unseen word becomes
+    characters rather than [UNK]). Words without letters (numbers, punctuation) are left out."""
+    enc = tokenizer(text, add_special_tokens=False)
+    pieces: dict[int, list[str]] = {}
+    for token, word in zip(enc.tokens(), enc.word_ids()):
+        if word is not None:
+            pieces.setdefault(word, []).append(token)
+    words, unknown = [], []
+    for word_index, parts in pieces.items():
+        start, end = enc.word_to_chars(word_index)
+        word = text[start:end]
+        if not any(ch.isalpha() for ch in word):
+            continue
+        words.append(word)
+        spaced = not (set(letter_scripts(word)) & UNSPACED_SCRIPTS)
+        fell_apart = spaced and len(word) >= 3 and all(len(p.removeprefix("##")) == 1
+                                                       for p in parts)
+        if tokenizer.unk_token in parts or fell_apart:
+            unknown.append(word)
+    return unknown, len(words)
+
+
+def query_warnings(text: str, lang: str, tokenizer=None) -> list[str]:
+    """What to tell the user before trusting the ranking of `text` as a `lang` caption: a
+    script that does not fit the language, most words unknown to `tokenizer` (the one that
+    embeds the query; None skips that check)."""
+    warnings = [w for w in [script_warning(text, lang)] if w]
+    if tokenizer is not None and text.strip():
+        unknown, n_words = unknown_words(text, tokenizer)
+        if n_words and len(unknown) / n_words > UNKNOWN_SHARE:
+            shown = ", ".join(unknown[:5]) + (", ..." if len(unknown) > 5 else "")
+            warnings.append(f"{len(unknown)} of {n_words} words are unknown to the {lang} "
+                            f"tokenizer ({shown}): the model never learnt them, so the "
+                            f"ranking says little.")
+    return warnings
+
+
+def query_tokenizer(backbone, lang: str):
+    """The tokenizer that embeds a `lang` query (embed_query); None if the backbone has none."""
+    return getattr(backbone, "tokenizer_source" if lang == SOURCE_LANG else "tokenizer_target",
+                   None)
+
+
+@dataclass
+class SearchResult:
+    """One query's ranking with its warnings; shows as an HTML table with the images, so a
+    saved (executed) notebook keeps the result a widget would show only in a live kernel."""
+    query: str
+    lang: str
+    results: list[tuple[str, int, float]]
+    warnings: list[str]
+    thumbnails: dict[str, bytes]  # image id -> PNG
+    n_images: int
+
+    def table(self) -> pd.DataFrame:
+        return pd.DataFrame(self.results, columns=["image_id", "rank", "score"])
+
+    def _repr_html_(self) -> str:
+        notes = "".join(f"<p style='color:#a15c00'>warning: {escape(w)}</p>" for w in self.warnings)
+        rows = "".join(
+            f"<tr><td>#{rank}</td><td><img alt='test image {escape(i)}' width=72 height=72 "
+            f"src='data:image/png;base64,{base64.b64encode(self.thumbnails[i]).decode()}'>"
+            f"</td><td>{escape(i)}</td><td>{score:.3f}</td></tr>" for i, rank, score in self.results)
+        return (f"<p>{escape(self.lang)} query <q>{escape(self.query)}</q>: top "
+                f"{len(self.results)} of {self.n_images} test images</p>{notes}<table><tr>"
+                f"<th>rank</th><th>image</th><th>id</th><th>score</th></tr>{rows}</table>")
+
+    def __repr__(self) -> str:
+        notes = "".join(f"warning: {w}\n" for w in self.warnings)
+        return (f"{self.lang} query {self.query!r}: top {len(self.results)} of {self.n_images} "
+                f"test images\n{notes}{self.table().to_string(index=False)}")
+
+
+def run_search(model, backbone, bank: "ImageBank", query: str, lang: str, k: int = 8,
+               device=None) -> SearchResult:
+    """search_images for one query, with query_warnings and the images' thumbnails."""
+    results = search_images(model, backbone, query, lang, bank.image_ids, bank.image_emb, k=k,
+                            device=device)
+    index = {i: n for n, i in enumerate(bank.image_ids)}
+    return SearchResult(query=query.strip(), lang=lang, results=results,
+                        warnings=query_warnings(query, lang, query_tokenizer(backbone, lang)),
+                        thumbnails={i: _png(bank.images[index[i]]) for i, _, _ in results},
+                        n_images=len(bank.image_ids))
+
+
 def _png(image: np.ndarray, size: int = 96) -> bytes:
     from PIL import Image
     buf = io.BytesIO()
@@ -258,33 +399,40 @@ def _png(image: np.ndarray, size: int = 96) -> bytes:
 def retrieval_explorer(model, backbone, bank: ImageBank, langs: Sequence[str], k: int = 8,
                        query: str = "", lang: str | None = None):
     """An ipywidgets explorer: caption box + language picker + button -> the top k test
-    images with their ranks and scores. Runs the initial query once, so a static render
-    (papermill, nbconvert) shows a result too."""
+    images with their ranks and scores, and query_warnings above them. Enter in the caption
+    box searches (the box syncs its value on Enter, continuous_update=False), and so do the
+    button and a change of language. Runs the initial query once; a saved copy of the
+    notebook shows no widget, so display run_search's result beside it for that."""
     import ipywidgets as widgets
     langs = list(langs)
-    text = widgets.Text(value=query, placeholder="a caption in any language",
-                        description="caption", layout=widgets.Layout(width="70%"))
+    text = widgets.Text(value=query, placeholder="a caption in any language; Enter searches",
+                        description="caption", continuous_update=False,
+                        layout=widgets.Layout(width="70%"))
     pick = widgets.Dropdown(options=langs, value=lang if lang in langs else langs[0],
                             description="language", layout=widgets.Layout(width="180px"))
     button = widgets.Button(description="search", button_style="primary")
     status = widgets.HTML()
     grid = widgets.GridBox(layout=widgets.Layout(grid_template_columns="repeat(8, 110px)"))
-    index = {i: n for n, i in enumerate(bank.image_ids)}
 
     def show(_=None):
         try:
-            results = search_images(model, backbone, text.value, pick.value, bank.image_ids,
-                                    bank.image_emb, k=k)
+            found = run_search(model, backbone, bank, text.value, pick.value, k=k)
         except Exception as err:  # shown in the widget, never raised from a callback
-            status.value = f"<span style='color:#b00'>{type(err).__name__}: {err}</span>"
+            status.value = f"<span style='color:#b00'>{escape(type(err).__name__)}: {escape(str(err))}</span>"
             grid.children = ()
             return
-        status.value = f"top {len(results)} of {len(bank.image_ids)} test images ({pick.value})"
+        notes = "".join(f"<br><span style='color:#a15c00'>warning: {escape(w)}</span>"
+                        for w in found.warnings)
+        status.value = (f"top {len(found.results)} of {found.n_images} test images "
+                        f"({escape(found.lang)}){notes}")
         grid.children = tuple(widgets.VBox([
-            widgets.Image(value=_png(bank.images[index[i]]), format="png", width=96, height=96),
-            widgets.HTML(f"<small>#{rank} {i}<br>{score:.3f}</small>")]) for i, rank, score in results)
+            widgets.Image(value=found.thumbnails[i], format="png", width=96, height=96),
+            widgets.HTML(f"<small>#{rank} {escape(i)}<br>{score:.3f}</small>")])
+            for i, rank, score in found.results)
 
     button.on_click(show)
+    text.observe(show, names="value")  # Enter (or leaving the box) after an edit
+    pick.observe(show, names="value")
     if query:
         show()
     return widgets.VBox([widgets.HBox([text, pick, button]), status, grid])

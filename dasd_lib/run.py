@@ -16,6 +16,10 @@ in JupyterLab, where `prepare_run` changes into the project root for the same re
 Only one runner may work in a run folder at a time: it holds an flock on
 reports/<id>/.lock (filelock; the kernel drops it when the holder dies, so nothing is
 left to reclaim) and names itself in .lock.json. A folder that already holds a run is only reused with --resume.
+
+When a run ends (completed or failed) and its folder holds a report.html, the runner
+rewrites the report, so it shows the final status and timings rather than the "running"
+of the moment notebook 06 wrote it.
 """
 from __future__ import annotations
 
@@ -38,7 +42,8 @@ from .config import (INTERACTIVE_ID, RUN_NAMING_KEYS, ConfigError, Params,  # no
 from .execution import (COMPARE_NOTEBOOK, CROSS_RUN_NOTEBOOKS, KERNEL_NAME, NOTEBOOK_RE,  # noqa: F401
                         PACKAGES, NotebookFailed, RunError, RunExistsError, RunLock,
                         RunLockedError, _now, collect_env, execute_notebook, find_compare_notebook,
-                        find_notebooks, select_notebooks)
+                        find_notebooks, keep_report_fresh, select_notebooks)
+from .report_html import REPORT_FILE, write_report
 from .storage import atomic_write
 
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -256,6 +261,7 @@ def run_notebooks(params_path: str | Path, run_id: str | None = None,
                 records.log(f"FAILED {src.name} after {seconds} s: "
                             + err.describe().replace("\n", " |"))
                 records.finish("failed")
+                _rewrite_report(run_dir, records)
                 raise
             except BaseException:  # Ctrl-C: the record says so, the lock is released below
                 records.notebook(src.name, status="interrupted",
@@ -270,9 +276,24 @@ def run_notebooks(params_path: str | Path, run_id: str | None = None,
         records.timings["total_seconds"] = total
         records.finish("completed")
         records.log(f"completed {len(notebooks)} notebooks in {total} s")
+        _rewrite_report(run_dir, records)
         return run_dir
     finally:
         lock.release()
+
+
+def _rewrite_report(run_dir: Path, records: _Records) -> None:
+    """Rewrite report.html once the run has ended: notebook 06 writes it while the run (and
+    06 itself) still count as running, and a resumed run changes what it shows. A run
+    folder without a report gets none (the run did not include notebook 06)."""
+    if not (run_dir / REPORT_FILE).is_file():
+        return
+    try:
+        write_report(run_dir)
+    except Exception as err:  # noqa: BLE001 - a report problem must not hide how the run ended
+        records.log(f"report.html could not be rewritten: {type(err).__name__}: {err}")
+        return
+    records.log(f"rewrote {REPORT_FILE} with the final status ({records.timings['status']})")
 
 
 # ----------------------------------------------------------------------------- in notebooks
@@ -291,6 +312,9 @@ def prepare_run(params_file: str | Path, run_dir: str | Path,
       <reports_dir>/interactive as the run folder.
     Relative params_file and run_dir mean the project root, as relative paths inside the
     parameters do (config.resolve_paths), whatever folder the kernel runs in.
+
+    In a kernel it also registers keep_report_fresh: a cell that changes what the folder's
+    report.html shows rewrites the report.
     """
     overrides = list(overrides or [])
     root = find_project_root()
@@ -328,6 +352,7 @@ def prepare_run(params_file: str | Path, run_dir: str | Path,
                     f"run_dir, or params_file={str(recorded)!r} and no overrides.")
         for sub in RUN_SUBDIRS:
             (folder / sub).mkdir(parents=True, exist_ok=True)
+        keep_report_fresh(folder)
         return params, folder
     params = load_params(source, overrides)
     folder.mkdir(parents=True, exist_ok=True)
@@ -351,6 +376,7 @@ def _record(params: Params, folder: Path, root: Path) -> tuple[Params, Path]:
     atomic_write(folder / "env.json", json.dumps(env, indent=2) + "\n")
     for sub in RUN_SUBDIRS:
         (folder / sub).mkdir(exist_ok=True)
+    keep_report_fresh(folder)
     return params, folder
 
 

@@ -157,6 +157,84 @@ def test_retrieval_explorer_renders_the_first_query():
     assert "empty" in status.value and grid.children == ()
 
 
+def _bank() -> explorer.ImageBank:
+    images = np.zeros((4, 8, 8, 3), np.uint8)
+    images[2] = 200  # blue_circle: a distinguishable thumbnail
+    return explorer.ImageBank(image_ids=IMAGE_IDS, image_emb=IMAGE_EMB, images=images)
+
+
+def test_enter_and_a_new_language_search_without_the_button():
+    widget = explorer.retrieval_explorer(StubModel(), StubBackbone(), _bank(), ["de", "en"], k=2)
+    controls, status, grid = widget.children
+    text, pick, _ = controls.children
+    assert grid.children == () and text.continuous_update is False  # value syncs on Enter
+    text.value = "roter Kreis"  # what the front end sends when Enter is pressed
+    assert "#1 red_circle" in grid.children[0].children[1].value and len(grid.children) == 2
+    pick.value = "en"  # a new language searches again, now with the English tower
+    assert "(en)" in status.value and "#1 red_circle" in grid.children[0].children[1].value
+    text.value = "blue square"
+    assert "#1 blue_square" in grid.children[0].children[1].value
+    assert "(en)" in status.value and "warning" not in status.value
+
+
+def test_the_explorer_warns_when_the_script_does_not_fit_the_language():
+    widget = explorer.retrieval_explorer(StubModel(), StubBackbone(), _bank(), ["de"], k=2,
+                                         query="青い円", lang="de")
+    status = widget.children[1]
+    assert "warning: the caption is written mostly in Han (CJK) script" in status.value
+    assert len(widget.children[2].children) == 2  # still ranked, but with the warning
+
+
+@pytest.mark.parametrize("text, lang, expected", [
+    ("ein blauer Kreis links", "de", None),
+    ("un petit cœur à gauche", "fr", None),
+    ("malý modrý čtverec", "cs", None),
+    ("左に赤い丸があります。", "ja", None),
+    ("左边有一个红色的圆。", "zh", None),
+    ("a red circle", "ja", "mostly in Latin script"),
+    ("a red circle", "zh", "mostly in Latin script"),
+    ("左边有一个红色的圆", "de", "mostly in Han (CJK) script"),
+    ("あかいまる", "fr", "mostly in Hiragana script"),
+    ("Привет мир", "cs", "mostly in Cyrillic script"),
+    ("左に赤い丸", "zh", "holds kana"),
+    ("左边有一个红色的圆", "ja", "no kana"),
+    ("42 !", "ja", None),  # no letters: nothing to judge
+    ("a red circle", "xx", None),  # a language without a rule
+])
+def test_script_warning(text, lang, expected):
+    warning = explorer.script_warning(text, lang)
+    assert warning is None if expected is None else expected in warning
+
+
+def test_unknown_words_by_unk_or_by_falling_apart_into_characters():
+    from dasd_lib.backbones.wordpiece import train_wordpiece
+    tok = train_wordpiece(["ein blauer kreis", "ein roter kreis", "ein blauer stern"] * 3,
+                          vocab_size=200, context_length=16)
+    assert explorer.unknown_words("Ein blauer Kreis.", tok) == ([], 3)
+    # 'stein': its letters are known, the word is not (single characters); 'quux': [UNK]
+    assert explorer.unknown_words("ein stein quux", tok) == (["stein", "quux"], 3)
+    assert explorer.unknown_words("ein 42 kreis", tok) == ([], 2)  # numbers are not words
+    warnings = explorer.query_warnings("ein stein quux", "de", tok)
+    assert warnings == ["2 of 3 words are unknown to the de tokenizer (stein, quux): the model "
+                        "never learnt them, so the ranking says little."]
+    assert explorer.query_warnings("ein blauer quux", "de", tok) == []  # 1 of 3: a minority
+    assert explorer.query_warnings("ein stein quux", "de") == []  # no tokenizer, no word check
+
+
+def test_search_result_is_a_static_table_with_the_images():
+    from bs4 import BeautifulSoup
+    found = explorer.run_search(StubModel(), StubBackbone(), _bank(), " blauer Kreis ", "de", k=3)
+    assert found.query == "blauer Kreis" and found.warnings == [] and found.n_images == 4
+    rows = [[td.get_text(strip=True) for td in tr.find_all("td")]
+            for tr in BeautifulSoup(found._repr_html_(), "html.parser").find_all("tr")[1:]]
+    assert [r[0] for r in rows] == ["#1", "#2", "#3"]
+    assert rows[0][2:] == ["blue_circle", "1.000"]
+    images = BeautifulSoup(found._repr_html_(), "html.parser").find_all("img")
+    assert images[0]["src"].startswith("data:image/png;base64,")
+    assert images[0]["alt"] == "test image blue_circle" and images[0]["src"] != images[1]["src"]
+    assert "blue_circle     1" in repr(found) and "top 3 of 4 test images" in repr(found)
+
+
 # ----------------------------------------------------------------------------- W_z
 
 def test_wz_variation_hand_made():

@@ -17,7 +17,7 @@ LAYERS = [
     ["model"],
     ["features", "checkpoint"],
     ["train"],
-    ["evaluate", "report"],
+    ["evaluate", "report", "report_html"],
     ["pipeline"],
     ["plots"],
     ["explorer"],

@@ -62,6 +62,32 @@ def test_report_holds_results_and_probes(smoke_run_dir):
     assert "dasd − baseline" in html and "replicates" in html
 
 
+def test_finished_report_is_final_offline_and_linked_relatively(smoke_run_dir):
+    from bs4 import BeautifulSoup
+    from test_report_html import external_references, timings_table
+    run_dir, _ = smoke_run_dir
+    html = (run_dir / "report.html").read_text(encoding="utf-8")
+    assert external_references(html) == []
+    soup = BeautifulSoup(html, features="html.parser")
+    # rewritten by the runner after notebook 06: final status, 06 with its seconds
+    assert soup.find(id="Timings").find_next("p").get_text().startswith("Run status: completed")
+    rows = {name: (status, seconds) for name, status, seconds in timings_table(soup)}
+    assert rows["06_report.ipynb"][0] == "ok" and float(rows["06_report.ipynb"][1]) > 0
+    assert all(status == "ok" for status, _ in rows.values())
+    assert all(img["alt"] and "No description" not in img["alt"] for img in soup.find_all("img"))
+    # notebook 06's link, from its executed copy in run/notebooks/
+    executed = nbformat.read(run_dir / "notebooks" / "06_report.ipynb", as_version=4)
+    links = [o.data["text/markdown"] for c in executed.cells for o in c.get("outputs", [])
+             if "open report.html" in o.get("data", {}).get("text/markdown", "")]
+    assert links == ["[open report.html](../report.html)"]
+    # notebook 05's explorer cell keeps a static result beside the widget
+    explore = nbformat.read(run_dir / "notebooks" / "05_explore_embeddings.ipynb", as_version=4)
+    last = [c for c in explore.cells if c.cell_type == "code"][-1]
+    assert "retrieval_explorer" in last.source
+    static = [o for o in last.outputs if "text/html" in o.get("data", {})]
+    assert len(static) == 1 and static[0].data["text/html"].count("<img") >= 1
+
+
 def test_results_csv_has_every_method(smoke_run_dir):
     run_dir, params = smoke_run_dir
     results = pd.read_csv(run_dir / "results.csv")

@@ -15,8 +15,9 @@ from scipy import stats
 from dasd_lib.config import load_params, save_params
 from dasd_lib.evaluate import summary_table
 from dasd_lib.plots import per_language_table
-from dasd_lib.report import (differences_note, difference_tables, results_markdown, seed_summary, summary_tables,
-                             write_report)
+from dasd_lib.report import (differences_note, difference_tables, results_markdown, seed_summary,
+                             summary_tables)
+from dasd_lib.report_html import write_report
 
 RECALLS = ["i2t_R1", "i2t_R5", "i2t_R10", "t2i_R1", "t2i_R5", "t2i_R10"]
 

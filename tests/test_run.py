@@ -322,3 +322,85 @@ def test_train_command_refuses_a_run_folder_in_use(tmp_path, capsys):
         assert not (run / "params.yaml").exists()
     finally:
         holder.release()
+
+
+# ----------------------------------------------------------------------------- report.html kept current
+
+def _report_status(run: Path) -> tuple[str, dict[str, str]]:
+    """(the Timings paragraph, {notebook: status}) read back from report.html."""
+    from bs4 import BeautifulSoup
+    soup = BeautifulSoup((run / "report.html").read_text(encoding="utf-8"), "html.parser")
+    heading = soup.find(id="Timings")
+    rows = [[td.get_text(strip=True) for td in tr.find_all("td")]
+            for tr in heading.find_next("table").find_all("tr") if tr.find("td")]
+    return heading.find_next("p").get_text(), {name: status for name, status, _ in rows}
+
+
+def test_the_runner_rewrites_the_report_when_the_run_ends(project, monkeypatch):
+    from dasd_lib.report_html import write_report
+    written_during_run = []
+
+    def fake(src, dst, *, parameters, cwd, log_output=False, progress=False):
+        shutil.copy(src, dst)
+        if src.name.startswith("02"):
+            raise NotebookFailed(notebook=src.name, output_path=dst, ename="ValueError", evalue="x")
+        if src.name.startswith("03"):  # as notebook 06: the report, while the run still runs
+            write_report(parameters["run_dir"])
+            written_during_run.append(_report_status(Path(parameters["run_dir"])))
+
+    monkeypatch.setattr(runner, "execute_notebook", fake)
+    run = run_notebooks(project / "params" / "t.yaml", run_id="rep", only=["00", "03"],
+                        notebooks_dir=project / "notebooks", reports_dir=project / "reports")
+    (during, during_rows), = written_during_run
+    assert "Run status: running" in during and during_rows["03_after.ipynb"] == "running"
+    text, rows = _report_status(run)
+    assert text.startswith("Run status: completed") and "finished" in text
+    assert rows == {"00_write.ipynb": "ok", "03_after.ipynb": "ok"}
+    seconds = json.loads((run / "timings.json").read_text())["notebooks"]["03_after.ipynb"]["seconds"]
+    assert f"{seconds:.1f}" in (run / "report.html").read_text(encoding="utf-8")
+    assert "rewrote report.html with the final status (completed)" in (run / "run.log").read_text()
+
+    # a resumed run that fails: the report says failed, not running or completed
+    with pytest.raises(NotebookFailed):
+        run_notebooks(project / "params" / "t.yaml", run_id="rep", only=["02"], resume=True,
+                      notebooks_dir=project / "notebooks", reports_dir=project / "reports")
+    text, rows = _report_status(run)
+    assert text.startswith("Run status: failed") and rows["02_fail.ipynb"] == "failed"
+
+
+def test_rerunning_a_notebook_refreshes_the_report(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from IPython.core.events import EventManager, available_events
+
+    from dasd_lib.execution import keep_report_fresh
+    from dasd_lib.report_html import figure_caption, write_report
+    run = tmp_path / "done"
+    (run / "figures").mkdir(parents=True)
+    shell = SimpleNamespace()
+    shell.events = EventManager(shell, available_events)
+    assert keep_report_fresh(run, shell) and keep_report_fresh(run, shell)
+    assert len(shell.events.callbacks["post_run_cell"]) == 1  # a second call replaces the hook
+    shell.events.trigger("post_run_cell", None)
+    assert not (run / "report.html").exists()  # no report: none is made
+    report = write_report(run)
+    before = report.stat().st_mtime_ns
+    shell.events.trigger("post_run_cell", None)
+    assert report.stat().st_mtime_ns == before  # nothing changed: not rewritten
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(2, 2))
+    fig.savefig(run / "figures" / "05_probes.png")
+    plt.close(fig)
+    holder = RunLock(run).acquire("dasd-run")  # a runner holds the folder: it rewrites later
+    try:
+        shell.events.trigger("post_run_cell", None)
+        assert report.stat().st_mtime_ns == before
+    finally:
+        holder.release()
+    shell.events.trigger("post_run_cell", None)  # the cell that re-made a figure
+    assert report.stat().st_mtime_ns > before
+    assert figure_caption("05_probes") in report.read_text(encoding="utf-8")
+    assert "figures/05_probes.png changed" in capsys.readouterr().out
