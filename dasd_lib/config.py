@@ -184,6 +184,10 @@ class RunConfig:
     # against an image's best caption) or "official" (the DASD authors' evaluation: each
     # other image counts once, by its best caption; more lenient; for paper-comparable i2t)
     i2t_protocol: str = "standard"
+    # a folder written by dasd-import-official (dasd_lib.official): notebooks 04-05 evaluate
+    # and explore its DASD tower (method dasd) on its backbone, and dasd-run skips notebooks
+    # 01-03; run.methods may then list only dasd and the untrained floor and oracle
+    imported: str = ""
 
 
 @dataclass

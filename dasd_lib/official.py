@@ -34,15 +34,18 @@ from transformers import CLIPConfig, CLIPModel
 from .backbones.base import BackboneError, eos_id_of
 from .backbones.hf import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, HFBackbone, read_mbert_embeddings
 from .backbones.wordpiece import load_tokenizer
-from .checkpoint import CheckpointError, file_sha256, make_record, save_pretrained
-from .config import OFFICIAL_COMPAT, ModelConfig
-from .model import build_target_model
+from .checkpoint import CheckpointError, file_sha256, from_pretrained, make_record, save_pretrained
+from .config import OFFICIAL_COMPAT, ConfigError, ModelConfig, Params
+from .model import METHODS, TargetTextModel, build_target_model
 
 log = logging.getLogger("dasd_lib.official")
 
 # the ids the released weights were trained with (mBERT cased): pooling is at 102, padding 0
 MBERT_SPECIAL_IDS = {"pad_token_id": 0, "cls_token_id": 101, "sep_token_id": 102}
 BACKBONE_DIR, TARGET_DIR = "backbone", "dasd"
+# the notebooks a run with run.imported skips: the VLP and both target stages (the imported
+# folder holds what they would train)
+IMPORTED_SKIPS = ("01", "02", "03")
 IMPORT_KIND = "official_import"
 
 BLOCK_PARTS = ["attn.in_proj_weight", "attn.in_proj_bias", "attn.out_proj.weight", "attn.out_proj.bias",
@@ -344,6 +347,41 @@ def import_official(path: str | Path, out: str | Path, *, mbert_tokenizer: str |
     target_dir = save_pretrained(model, out / TARGET_DIR, record=record, extra_meta={
         "source": str(path), "step": step, "skipped_keys": len(skipped), "ml_embeddings": ml_source})
     return ImportResult(backbone_dir, target_dir, langs, skipped, ml_source)
+
+
+# ----------------------------------------------------------------------------- a run on an imported model
+
+def imported_backbone_dir(folder: str | Path) -> Path:
+    """<folder>/backbone of a run.imported folder, or a clear error."""
+    where = Path(folder) / BACKBONE_DIR
+    if not (where / "config.json").is_file() or not (Path(folder) / TARGET_DIR / "config.json").is_file():
+        raise ConfigError(f"run.imported '{folder}': no {BACKBONE_DIR}/ and {TARGET_DIR}/ folders "
+                          f"there; write them with dasd-import-official PATH --out {folder}")
+    return where
+
+
+def check_imported_methods(params: Params) -> None:
+    """With run.imported, only dasd (the imported tower) and the untrained methods can run:
+    the others would need notebooks 02-03, which such a run skips."""
+    if not params.run.imported:
+        return
+    for setting, names in params.run.methods.items():
+        bad = [m for m in names if m in METHODS and METHODS[m].trained and m != "dasd"]
+        if bad:
+            raise ConfigError(f"run.methods.{setting}: {bad} are trained by notebooks 02-03, which a "
+                              f"run with run.imported skips; list only dasd, floor and oracle")
+
+
+def load_imported_tower(folder: str | Path, backbone, method: str, langs: list[str]) -> TargetTextModel:
+    """The imported DASD tower of a run.imported folder, for the run's languages."""
+    if method != "dasd":
+        raise ConfigError(f"run.imported holds a DASD tower, not method '{method}'")
+    model = from_pretrained(Path(folder) / TARGET_DIR, backbone)
+    absent = [lang for lang in langs if lang not in model.langs]
+    if absent:
+        raise ConfigError(f"data.langs asks for {absent}, but the imported tower in {folder} has "
+                          f"adapters for {model.langs} only; set data.langs to those")
+    return model
 
 
 # ----------------------------------------------------------------------------- command line
