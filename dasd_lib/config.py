@@ -99,6 +99,18 @@ class ModelConfig:
     zero_init_up: bool = False      # adapters start as identity
     # random position offsets when pretraining the tiny VLP, so every position is trained
     train_all_positions: bool = True
+    # --- whose forward the target tower computes (shared/design/official_checkpoint.md) ---
+    # "method": method.md's, with the four switches below as given; "official": the forward
+    # the authors' released checkpoints were trained with, whatever the switches and
+    # sdm_layers say here (OFFICIAL_COMPAT: two SDM blocks, no branch MLPs, f_sa over all
+    # positions, padding to the context length, QuickGELU in the generator)
+    compat: str = "method"
+    sdm_branches: bool = True       # the SDM's residual branch MLPs (the authors' forward skips them)
+    f_sa_pool: str = "real"         # f_sa: mean over "real" tokens, or "all" positions (padding too)
+    # pad target captions to context_length before the tower (changes outputs only through
+    # f_sa_pool all: attention is causal and pooling is at [SEP])
+    pad_to_context: bool = False
+    generator_act: str = "gelu"     # z's activation: "gelu", or "quick_gelu" (u * sigmoid(1.702 u))
 
 
 @dataclass
@@ -172,6 +184,10 @@ class RunConfig:
     # against an image's best caption) or "official" (the DASD authors' evaluation: each
     # other image counts once, by its best caption; more lenient; for paper-comparable i2t)
     i2t_protocol: str = "standard"
+    # a folder written by dasd-import-official (dasd_lib.official): notebooks 04-05 evaluate
+    # and explore its DASD tower (method dasd) on its backbone, and dasd-run skips notebooks
+    # 01-03; run.methods may then list only dasd and the untrained floor and oracle
+    imported: str = ""
 
 
 @dataclass
@@ -333,6 +349,9 @@ def resolve_paths(params: "Params", root: Path) -> "Params":
 # stops the run before anything starts
 SETTINGS = ("finetune", "zeroshot")
 CHOICES = {("run", "i2t_protocol"): ("standard", "official"),
+           ("model", "compat"): ("method", "official"),
+           ("model", "f_sa_pool"): ("real", "all"),
+           ("model", "generator_act"): ("gelu", "quick_gelu"),
            ("run", "eval_split"): ("test", "val"),
            ("run", "device"): ("auto", "cpu", "cuda")}
 # counts that must not be negative, and sizes that must be at least one
@@ -366,6 +385,23 @@ def check_choices(params: "Params", where: str = "parameters") -> None:
         if getattr(getattr(params, section), key) < 1:
             raise ConfigError(f"{where}: {section}.{key} is {getattr(getattr(params, section), key)}; "
                               f"it must be at least 1")
+
+
+# what model.compat: official sets: the released checkpoints' forward
+OFFICIAL_COMPAT = {"sdm_layers": 2, "sdm_branches": False, "f_sa_pool": "all",
+                   "pad_to_context": True, "generator_act": "quick_gelu"}
+
+
+def resolve_compat(cfg: ModelConfig) -> ModelConfig:
+    """`cfg` with model.compat applied: unchanged for "method", OFFICIAL_COMPAT's values for
+    "official" (so a folder recording compat: official computes the authors' forward)."""
+    if cfg.compat == "method":
+        return cfg
+    if cfg.compat == "official":
+        return dataclasses.replace(cfg, **OFFICIAL_COMPAT)
+    allowed = CHOICES[("model", "compat")]
+    raise ConfigError(f"model.compat is '{cfg.compat}', not one of {', '.join(allowed)}"
+                      f"{_closest(cfg.compat, allowed)}")
 
 
 def params_from_dict(values: dict[str, Any]) -> Params:

@@ -26,6 +26,11 @@ DASD's shared computation (what runs once, exactly):
     pooled states only.
 `forward(..., share_prefix=False)` recomputes block_0 for the main path (the authors'
 separate passes); tests check both give the same outputs.
+
+model.compat: official (config.OFFICIAL_COMPAT, shared/design/official_checkpoint.md) gives
+the forward the authors' released checkpoints were trained with: sdm_layers 2, no branch
+MLPs (f_sr = P_sr(LN_sr(h0[end])), f_sa = mean LN_sa(h0)), f_sa over all positions,
+captions padded to the context length, QuickGELU in the generator. Each is its own field.
 """
 from __future__ import annotations
 
@@ -39,7 +44,7 @@ from torch import nn
 
 from dasd_lib.backbones.base import Backbone, last_token_index
 from dasd_lib.backbones.tiny import ShapeBackbone
-from dasd_lib.config import ModelConfig
+from dasd_lib.config import ModelConfig, resolve_compat
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -54,6 +59,15 @@ def branch_mlp(width: int, hidden: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, width))
 
 
+def quick_gelu(u: torch.Tensor) -> torch.Tensor:
+    """OpenAI CLIP's GELU approximation, the generator's activation in the authors' code."""
+    return u * torch.sigmoid(1.702 * u)
+
+
+ACTIVATIONS = {"gelu": F.gelu, "quick_gelu": quick_gelu}
+F_SA_POOLS = ("real", "all")
+
+
 @dataclass
 class TargetOutput:
     r_T: torch.Tensor                     # (B, d) target caption in the joint space
@@ -65,34 +79,48 @@ class TargetOutput:
 # ----------------------------------------------------------------------------- parts
 
 class SDM(nn.Module):
-    """Semantic disentangling module: two residual branches on the shared h0."""
+    """Semantic disentangling module: two residual branches on the shared h0.
+    branches=False: no branch MLPs (h_sr = h_sa = h0), as the authors' forward;
+    f_sa_pool "all": f_sa averages every position, padding included (theirs), not real tokens."""
 
-    def __init__(self, *, width: int, embed_dim: int, hidden: int):
+    def __init__(self, *, width: int, embed_dim: int, hidden: int, branches: bool = True,
+                 f_sa_pool: str = "real"):
         super().__init__()
-        self.mlp_sr, self.mlp_sa = branch_mlp(width, hidden), branch_mlp(width, hidden)
+        if f_sa_pool not in F_SA_POOLS:
+            raise ValueError(f"model.f_sa_pool must be one of {F_SA_POOLS}, got {f_sa_pool!r}")
+        self.f_sa_pool = f_sa_pool
+        self.mlp_sr = self.mlp_sa = None
+        if branches:
+            self.mlp_sr, self.mlp_sa = branch_mlp(width, hidden), branch_mlp(width, hidden)
         self.ln_sr, self.ln_sa = nn.LayerNorm(width), nn.LayerNorm(width)
         self.proj_sr = nn.Linear(width, embed_dim, bias=False)  # P_sr: into the joint space
 
     def forward(self, h0: torch.Tensor, mask: torch.Tensor, eos: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         end = h0[torch.arange(h0.shape[0], device=h0.device), eos]  # (B, w)
-        f_sr = self.proj_sr(self.ln_sr(end + self.mlp_sr(end)))  # (B, d)
-        f_sa = masked_mean(self.ln_sa(h0 + self.mlp_sa(h0)), mask)  # (B, w)
+        h_sr_end = end if self.mlp_sr is None else end + self.mlp_sr(end)
+        h_sa = h0 if self.mlp_sa is None else h0 + self.mlp_sa(h0)
+        f_sr = self.proj_sr(self.ln_sr(h_sr_end))  # (B, d)
+        styled = self.ln_sa(h_sa)
+        f_sa = masked_mean(styled, mask) if self.f_sa_pool == "real" else styled.mean(1)  # (B, w)
         return f_sr, f_sa
 
 
 class Generator(nn.Module):
-    """z = GELU(W_g feat + b_g); W_z_l = reshape(A_l z + c_l, r x r) for every layer l.
-    The L heads A_l are one linear (hidden -> L r^2): the same parameters, one matmul."""
+    """z = act(W_g feat + b_g); W_z_l = reshape(A_l z + c_l, r x r) for every layer l.
+    The L heads A_l are one linear (hidden -> L r^2): the same parameters, one matmul.
+    act: GELU (method.md) or QuickGELU (the authors' code)."""
 
-    def __init__(self, *, in_dim: int, hidden: int, rank: int, layers: int):
+    def __init__(self, *, in_dim: int, hidden: int, rank: int, layers: int, act: str = "gelu"):
         super().__init__()
-        self.rank, self.layers = rank, layers
+        if act not in ACTIVATIONS:
+            raise ValueError(f"model.generator_act must be one of {list(ACTIVATIONS)}, got {act!r}")
+        self.rank, self.layers, self.act = rank, layers, ACTIVATIONS[act]
         self.inp = nn.Linear(in_dim, hidden)
         self.heads = nn.Linear(hidden, layers * rank * rank)
 
     def forward(self, feat: torch.Tensor) -> list[torch.Tensor]:
-        z = F.gelu(self.inp(feat))  # (B, hidden)
+        z = self.act(self.inp(feat))  # (B, hidden)
         w = self.heads(z).view(-1, self.layers, self.rank, self.rank)  # (B, L, r, r)
         return list(w.unbind(1))
 
@@ -184,6 +212,7 @@ class TargetTextModel(nn.Module):
     def __init__(self, *, backbone: Backbone, cfg: ModelConfig, method: str, langs: list[str]):
         super().__init__()
         spec = method_spec(method)
+        cfg = resolve_compat(cfg)  # compat: official sets the authors' forward's fields
         if not langs or len(set(langs)) != len(langs):
             raise ValueError(f"langs must be a non-empty list without repeats, got {langs}")
         self.cfg, self.method, self.spec, self.langs = cfg, method, spec, list(langs)
@@ -206,9 +235,10 @@ class TargetTextModel(nn.Module):
         keys = ["shared"] if cfg.share_adapters else self.langs
         if spec.adapter == "dynamic":
             if spec.sdm:
-                self.sdm = SDM(width=w, embed_dim=d, hidden=cfg.sdm_hidden)
+                self.sdm = SDM(width=w, embed_dim=d, hidden=cfg.sdm_hidden,
+                               branches=cfg.sdm_branches, f_sa_pool=cfg.f_sa_pool)
             self.generator = Generator(in_dim=d + w if spec.sdm else w, hidden=cfg.generator_dim,
-                                       rank=cfg.adapter_rank, layers=L)
+                                       rank=cfg.adapter_rank, layers=L, act=cfg.generator_act)
             self.adapters = nn.ModuleDict({k: nn.ModuleList(
                 DynamicAdapter(width=w, rank=cfg.adapter_rank, zero_init_up=cfg.zero_init_up)
                 for _ in range(L)) for k in keys})
@@ -277,6 +307,12 @@ class TargetTextModel(nn.Module):
             raise ValueError(f"{T} tokens exceed the context length {bb.context_length}; "
                              f"tokenize with backbone.tokenize_target (it truncates)")
         adapters = self._adapter_set(lang)
+        if self.cfg.pad_to_context and T < bb.context_length:
+            # the authors pad every caption to 77 [PAD]s, which f_sa_pool "all" averages over
+            pad = bb.context_length - T
+            ids = F.pad(ids, (0, pad), value=int(bb.tokenizer_target.pad_token_id))
+            mask = F.pad(mask, (0, pad), value=0)
+            T = bb.context_length
         if tower is None:
             pos, norm, proj = bb.positional_embedding, bb.final_norm, bb.text_projection
             run = bb.run_block

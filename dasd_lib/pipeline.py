@@ -31,6 +31,7 @@ from .evaluate import (RESULT_COLUMNS, SCORE_KEYS, compare_methods, embed_target
 from .metrics import chance_sumr
 from .data import load_corpus, load_images
 from .model import METHODS, build_target_model
+from .official import check_imported_methods, imported_backbone_dir, load_imported_tower
 from .report import COMPARISONS_FILE, write_results_markdown
 from .storage import atomic_csv, atomic_write
 from .train import (TrainingError, file_fingerprint, features_key, frozen_features,
@@ -112,7 +113,7 @@ def test_table(params: Params) -> pd.DataFrame:
 def check_image_size(params: Params, backbone) -> None:
     """hf: images are read at data.image_size (web.image_size for the zero-shot corpus) and
     then resized to the CLIP's input size; reading them smaller would blur every image."""
-    if params.model.backbone != "hf":
+    if params.model.backbone != "hf" and not params.run.imported:
         return
     sections = ["data"] + (["web"] if "zeroshot" in params.run.settings else [])
     for section in sections:
@@ -131,7 +132,9 @@ def get_backbone(params: Params, run_dir: str | Path, setting: str):
     hf: the English-fine-tuned CLIP in the finetune setting when notebook 01 made one,
     else the CLIP from model.clip_path."""
     paths = RunPaths(Path(run_dir))
-    if params.model.backbone == "tiny":
+    if params.run.imported:  # a DASD release converted by dasd-import-official
+        where = imported_backbone_dir(params.run.imported)
+    elif params.model.backbone == "tiny":
         where = paths.backbone
         if not (where / "config.json").exists():
             raise TrainingError(f"no tiny VLP in {where}; run notebook 01_source_vlp first")
@@ -316,6 +319,7 @@ def check_methods(params: Params) -> None:
                 hint = f"did you mean '{close[0]}'? " if close else ""
                 raise ConfigError(f"run.methods.{setting}: unknown method '{name}'; {hint}"
                                   f"known: {', '.join(sorted(METHODS))}")
+    check_imported_methods(params)
 
 
 def trained_methods(params: Params, setting: str) -> list[str]:
@@ -388,6 +392,8 @@ def load_trained_model(params: Params, run_dir: str | Path, setting: str, method
     if not spec.trained:
         torch.manual_seed(seed)
         return build_target_model(backbone, params.model, method, params.data.langs)
+    if params.run.imported:
+        return load_imported_tower(params.run.imported, backbone, method, params.data.langs)
     path = RunPaths(Path(run_dir)).checkpoint(setting, method, seed, "cma") / "model"
     if not (path / "config.json").exists():
         raise TrainingError(f"no trained model for {setting}/{method}/seed{seed} at {path}; "

@@ -43,6 +43,7 @@ from .execution import (COMPARE_NOTEBOOK, CROSS_RUN_NOTEBOOKS, KERNEL_NAME, NOTE
                         PACKAGES, NotebookFailed, RunError, RunExistsError, RunLock,
                         RunLockedError, _now, collect_env, execute_notebook, find_compare_notebook,
                         find_notebooks, keep_report_fresh, select_notebooks)
+from .official import IMPORTED_SKIPS
 from .report_html import REPORT_FILE, write_report
 from .storage import atomic_write
 
@@ -185,6 +186,8 @@ def run_notebooks(params_path: str | Path, run_id: str | None = None,
     params = load_params(params_path, list(overrides or []))  # unknown keys and values fail here
     pipeline.check_methods(params)
     notebooks = select_notebooks(find_notebooks(notebooks_dir), only)
+    if params.run.imported:  # the imported folder holds what notebooks 01-03 would train
+        notebooks = [p for p in notebooks if p.name[:2] not in IMPORTED_SKIPS]
     reports = (Path(reports_dir).resolve() if reports_dir is not None
                else root / params.run.reports_dir)
 

@@ -15,7 +15,7 @@ LAYERS = [
     ["config", "storage", "metrics", "losses", "data"],
     ["backbones"],
     ["model"],
-    ["features", "checkpoint"],
+    ["features", "checkpoint", "official"],
     ["train"],
     ["evaluate", "report", "report_html"],
     ["pipeline"],
