@@ -37,12 +37,14 @@ class TargetEmbeddings:
     w_z: np.ndarray | None = None  # (N, L, r, r) generated adapter matrices, when asked for
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def embed_target(model, backbone, texts: list[str], lang: str, *, device=None, batch_size: int = 512,
-                 keep_w_z: bool = False, tokens: tuple | None = None) -> TargetEmbeddings:
+                 keep_w_z: bool = False, tokens: tuple | None = None,
+                 end_only: bool = True) -> TargetEmbeddings:
     """Target-tower outputs for `texts` in one language. Captions are sorted by length so
     each batch pads only to its own longest caption; outputs come back in input order.
-    `tokens`: backbone.tokenize_target(texts), when the caller already has it."""
+    `tokens`: backbone.tokenize_target(texts), when the caller already has it. With
+    `end_only` the last block runs at the pooled token only (TargetTextModel.forward)."""
     device = device or next(backbone.parameters()).device
     model.to(device).eval()
     ids_all, mask_all = tokens if tokens is not None else backbone.tokenize_target(list(texts))
@@ -52,7 +54,8 @@ def embed_target(model, backbone, texts: list[str], lang: str, *, device=None, b
     for i in range(0, len(texts), batch_size):
         rows = order[i:i + batch_size]
         width = int(lengths[rows].max())
-        out = model(ids_all[rows, :width].to(device), mask_all[rows, :width].to(device), lang)
+        out = model(ids_all[rows, :width].to(device), mask_all[rows, :width].to(device), lang,
+                    end_only=end_only)
         parts["r_T"].append(out.r_T.float().cpu())
         if out.f_sr is not None:
             parts["f_sr"].append(out.f_sr.float().cpu())

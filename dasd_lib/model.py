@@ -299,8 +299,11 @@ class TargetTextModel(nn.Module):
         return self.adapters["shared" if self.cfg.share_adapters else lang]
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor, lang: str, *,
-                share_prefix: bool = True) -> TargetOutput:
-        """ids, mask (B, T) from backbone.tokenize_target, one language per batch."""
+                share_prefix: bool = True, end_only: bool = False) -> TargetOutput:
+        """ids, mask (B, T) from backbone.tokenize_target, one language per batch.
+        end_only: the last block (and its adapter) only at the pooled end token, which is
+        all r_T reads (causal attention): evaluation's fast path, equal up to float
+        rounding; training keeps the full computation."""
         bb, tower = self.backbone, self.tower
         B, T = ids.shape
         if T > bb.context_length:
@@ -313,13 +316,17 @@ class TargetTextModel(nn.Module):
             ids = F.pad(ids, (0, pad), value=int(bb.tokenizer_target.pad_token_id))
             mask = F.pad(mask, (0, pad), value=0)
             T = bb.context_length
-        if tower is None:
-            pos, norm, proj = bb.positional_embedding, bb.final_norm, bb.text_projection
-            run = bb.run_block
-        else:
-            pos, norm, proj = tower.positional_embedding, tower.final_norm, tower.text_projection
-            run = lambda i, h, m: bb.call_block(tower.blocks[i], h, m)  # noqa: E731
+        blocks = bb.blocks if tower is None else tower.blocks
+        pos, norm, proj = ((bb.positional_embedding, bb.final_norm, bb.text_projection) if tower is None
+                           else (tower.positional_embedding, tower.final_norm, tower.text_projection))
         eos = last_token_index(mask).to(ids.device)  # (B,) the multilingual [SEP]
+        last = bb.num_layers - 1
+
+        def run(i: int, h: torch.Tensor, attn: torch.Tensor, main_path: bool = False) -> torch.Tensor:
+            if end_only and main_path and i == last:  # (B, 1, w) at the end token
+                return bb.call_block_end(blocks[i], h, attn, eos)
+            return bb.call_block(blocks[i], h, attn)
+
         x = self.embed_proj(self.embedding(ids)) + pos[:T]  # (B, T, w)
         attn = bb.causal_mask(T, ids.device)
         f_sr = f_sa = w_z = None
@@ -335,17 +342,20 @@ class TargetTextModel(nn.Module):
             else:
                 feat = masked_mean(h0, mask)  # (B, w): the no-SDM ablation
             w_z = self.generator(feat)
-            h = adapters[0](first if share_prefix else run(0, x, attn), w_z[0])
+            if end_only and last == 0:
+                first = first[torch.arange(B, device=ids.device), eos].unsqueeze(1)
+            h = adapters[0](first if share_prefix else run(0, x, attn, True), w_z[0])
             for i in range(1, bb.num_layers):
-                h = adapters[i](run(i, h, attn), w_z[i])
+                h = adapters[i](run(i, h, attn, True), w_z[i])
         else:
             h = x
             for i in range(bb.num_layers):
-                h = run(i, h, attn)
+                h = run(i, h, attn, True)
                 if adapters is not None:
                     h = adapters[i](h)
 
-        pooled = h[torch.arange(B, device=h.device), eos]  # (B, w): LN is per token
+        # (B, w): LN is per token, so pooling before it is exact
+        pooled = h[:, 0] if end_only else h[torch.arange(B, device=h.device), eos]
         return TargetOutput(r_T=proj(norm(pooled)), f_sr=f_sr, f_sa=f_sa, w_z=w_z)
 
 

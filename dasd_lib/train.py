@@ -359,6 +359,17 @@ def target_task(model, *, backbone, model_cfg, cfg: StageConfig, spec, stage: st
 UNRECORDED_STAGE_FIELDS = ("checkpoint_every", "log_every", "num_workers")
 
 
+# forward switches added after runs were trained: recorded only when they differ from the
+# default (method.md's forward), so stages trained before they existed still match
+LATER_MODEL_FIELDS = ("compat", "sdm_branches", "f_sa_pool", "pad_to_context", "generator_act")
+
+
+def model_inputs(cfg) -> dict:
+    default = type(cfg)()
+    return {k: v for k, v in dataclasses.asdict(cfg).items()
+            if k not in LATER_MODEL_FIELDS or v != getattr(default, k)}
+
+
 def stage_inputs(cfg: StageConfig) -> dict:
     return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in UNRECORDED_STAGE_FIELDS}
 
@@ -369,7 +380,7 @@ def target_stage_record(params: Params, *, stage: str, setting: str, method: str
     config, the model config, the method spec, the seed, the backbone identity, the data
     key and, for CMA, the record of the CLA model it starts from."""
     stage = canonical_stage(stage)
-    inputs = {stage: stage_inputs(getattr(params, stage)), "model": dataclasses.asdict(params.model),
+    inputs = {stage: stage_inputs(getattr(params, stage)), "model": model_inputs(params.model),
               "method": dataclasses.asdict(METHODS[method]), "seed": seed,
               "backbone": backbone.identity(), "data": data_key}
     if init is not None:

@@ -205,3 +205,23 @@ def test_losses():
     x = torch.randn(2, 5, 3)
     mask = torch.tensor([[1, 1, 0, 0, 0], [1, 1, 1, 1, 1]])
     assert torch.allclose(masked_mean(x, mask)[0], x[0, :2].mean(0))
+
+
+@pytest.mark.parametrize("method,layers", [(m, n) for n in (1, 3) for m in (
+    "floor", "full_distill", "static", "dasd", "dasd_no_sdm", "dasd_sdm2") if not (m == "dasd_sdm2" and n == 1)])
+def test_end_only_forward_equals_the_full_one(method, layers):
+    """Evaluation's fast path (the last block at the end token only) gives the full
+    forward's r_T, f_sr, f_sa and W_z, for captions of different lengths in one batch."""
+    cfg = dataclasses.replace(CFG, text_layers=layers, sdm_layers=min(layers, CFG.sdm_layers))
+    backbone = build_tiny_backbone(cfg, EN, ML, image_size=16)
+    model = build_target_model(backbone, cfg, method, LANGS, seed=0).eval()
+    ids, mask = backbone.tokenize_target([SHORT, LONG, "drei Sterne"])
+    with torch.no_grad():
+        full, fast = model(ids, mask, "de"), model(ids, mask, "de", end_only=True)
+    assert torch.allclose(full.r_T, fast.r_T, atol=1e-5)
+    assert not torch.equal(full.r_T[0], full.r_T[1])  # the captions differ, so a wrong row would show
+    for name in ("f_sr", "f_sa"):
+        if getattr(full, name) is not None:
+            assert torch.equal(getattr(full, name), getattr(fast, name))
+    if full.w_z is not None:
+        assert all(torch.equal(a, b) for a, b in zip(full.w_z, fast.w_z))

@@ -168,6 +168,15 @@ class Backbone(nn.Module):
     def run_block(self, i: int, h: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
         return self.call_block(self.blocks[i], h, attn_mask)
 
+    def call_block_end(self, block: nn.Module, h: torch.Tensor, attn_mask: torch.Tensor,
+                       end: torch.Tensor) -> torch.Tensor:
+        """call_block's output at one position per caption, (B, 1, w): what the last block
+        needs when only the pooled token is read. Blocks with a `forward_end` (the tiny
+        VLP's) compute that one query only; others run in full and are indexed."""
+        if hasattr(block, "forward_end"):
+            return block.forward_end(h, attn_mask, end)
+        return self.call_block(block, h, attn_mask)[torch.arange(h.shape[0], device=h.device), end].unsqueeze(1)
+
     def causal_mask(self, T: int, device: torch.device | str) -> torch.Tensor:
         """(T, T) bool, True where a query may attend to a key (itself and earlier tokens)."""
         return torch.ones(T, T, dtype=torch.bool, device=device).tril_()

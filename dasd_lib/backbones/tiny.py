@@ -46,6 +46,18 @@ class Block(nn.Module):
         h = h + self.out(a.transpose(1, 2).reshape(B, T, w))
         return h + self.mlp(self.ln_2(h))
 
+    def forward_end(self, h: torch.Tensor, attn_mask: torch.Tensor, end: torch.Tensor) -> torch.Tensor:
+        """forward(h)[b, end[b]] as (B, 1, w), computed for that one query per caption:
+        keys and values still come from every token, the output projection and the MLP
+        run on B rows instead of B x T (the same values up to float rounding)."""
+        B, T, w = h.shape
+        q, k, v = self.qkv(self.ln_1(h)).view(B, T, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
+        rows = torch.arange(B, device=h.device)
+        q_end = q[rows, :, end].unsqueeze(2)  # (B, H, 1, w/H)
+        a = F.scaled_dot_product_attention(q_end, k, v, attn_mask=attn_mask[end][:, None, None, :])
+        h = h[rows, end].unsqueeze(1) + self.out(a.transpose(1, 2).reshape(B, 1, w))
+        return h + self.mlp(self.ln_2(h))
+
 
 class ConvImageTower(nn.Module):
     """Strided 3x3 convolutions halving the resolution each layer, pooled to a 4 x 4 grid
