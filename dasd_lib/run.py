@@ -266,10 +266,14 @@ def run_notebooks(params_path: str | Path, run_id: str | None = None,
                 records.finish("failed")
                 _rewrite_report(run_dir, records)
                 raise
-            except BaseException:  # Ctrl-C: the record says so, the lock is released below
-                records.notebook(src.name, status="interrupted",
-                                 seconds=round(time.perf_counter() - t0, 2))
-                records.finish("interrupted")
+            except BaseException as err:  # Ctrl-C or a write that failed (full disk, ...)
+                status = "failed" if isinstance(err, OSError) else "interrupted"
+                try:  # the record says so when it can; the lock is released below either way
+                    records.notebook(src.name, status=status, seconds=round(time.perf_counter() - t0, 2),
+                                     **({"error": str(err)} if isinstance(err, OSError) else {}))
+                    records.finish(status)
+                except OSError:
+                    pass  # the disk that refused the notebook refuses the record too
                 raise
             seconds = round(time.perf_counter() - t0, 2)
             records.notebook(src.name, status="ok", seconds=seconds)
@@ -454,6 +458,25 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def resume_command(argv: Sequence[str], run_id: str, only: str) -> str:
+    """The dasd-run command line that continues a run: the same arguments (parameter file,
+    overrides, folders) with --run-id, --resume and --only set; pasteable into a shell."""
+    keep, skip_next = [], False
+    for arg in argv:
+        if skip_next:
+            skip_next = False
+            continue
+        name = arg.split("=", 1)[0]
+        if name in ("--run-id", "--only"):
+            skip_next = "=" not in arg
+            continue
+        if name in ("--resume", "--restart-stage"):
+            skip_next = name == "--restart-stage" and "=" not in arg
+            continue
+        keep.append(arg)
+    return shlex.join(["dasd-run", *keep, "--run-id", run_id, "--resume", "--only", only])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
@@ -467,10 +490,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"dasd-run: {err}", file=sys.stderr)
         if err.run_dir is not None:
             only = ",".join(getattr(err, "remaining", None) or [err.notebook[:2]])
-            print(f"dasd-run: run folder {err.run_dir} (see run.log); after a fix, rerun "
-                  f"with --run-id {err.run_dir.name} --resume --only {only}",
-                  file=sys.stderr)
+            print(f"dasd-run: run folder {err.run_dir} (see run.log); after a fix, rerun with\n"
+                  f"  {resume_command(argv, err.run_dir.name, only)}", file=sys.stderr)
         return 1
+    except OSError as err:  # ENOSPC, EACCES, EROFS in the runner's own writes or papermill's
+        where = err.filename or "a file of the run folder"
+        reason = err.strerror or str(err)
+        print(f"dasd-run: cannot write {where}: {reason}; free space or fix the permissions, then "
+              f"rerun with --resume (finished notebooks are kept)", file=sys.stderr)
+        return 3
     except (RunError, ConfigError) as err:
         print(f"dasd-run: {err}", file=sys.stderr)
         return 2

@@ -5,8 +5,10 @@ other tests replace `dasd_lib.run.execute_notebook` with a recorder.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -306,8 +308,55 @@ def test_failure_hint_lists_the_remaining_notebooks(project, calls, monkeypatch,
         if src.name.startswith("02"):
             raise NotebookFailed(notebook=src.name, output_path=dst, ename="ValueError", evalue="x")
     monkeypatch.setattr(runner, "execute_notebook", failing)
-    assert main(args(project, "--run-id", "y")) == 1
-    assert "--run-id y --resume --only 02,03" in capsys.readouterr().err
+    assert main(args(project, "--run-id", "y", "-p", "cla.steps=4")) == 1
+    hint = capsys.readouterr().err.splitlines()[-1].strip()
+    assert hint.startswith("dasd-run --params ") and hint.endswith("--run-id y --resume --only 02,03")
+    assert "-p cla.steps=4" in hint
+    # pasted as is (after the fix), it resumes the run with the same parameters
+    monkeypatch.setattr(runner, "execute_notebook", lambda src, dst, **kw: shutil.copy(src, dst))
+    assert main(shlex.split(hint)[1:]) == 0
+    assert json.loads((project / "reports" / "y" / "timings.json").read_text())["status"] == "completed"
+
+
+@pytest.mark.parametrize("where", ["notebook", "timings"])
+def test_a_full_disk_is_one_line_and_resume_finishes_the_run(project, calls, monkeypatch, capsys, where):
+    """ENOSPC in papermill's write of notebook 01, or in the runner's own timings.json
+    write after 01: one line naming the path, the lock released, the run marked failed
+    (when the disk lets the record be written), and --resume completes it."""
+    real_execute, real_write = runner.execute_notebook, runner.atomic_write
+    full = errno.ENOSPC, "No space left on device"
+
+    def execute(src, dst, **kw):
+        if src.name.startswith("01"):
+            raise OSError(*full, str(dst))
+        real_execute(src, dst, **kw)
+
+    def write(path, text, *a, **kw):
+        if Path(path).name == "timings.json" and '"01_second.ipynb"' in text and '"ok"' in text.split(
+                '"01_second.ipynb"')[1][:80]:
+            raise OSError(*full, str(path))
+        real_write(path, text, *a, **kw)
+
+    if where == "notebook":
+        monkeypatch.setattr(runner, "execute_notebook", execute)
+    else:
+        monkeypatch.setattr(runner, "atomic_write", write)
+    assert main(args(project, "--run-id", "full")) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    run = project / "reports" / "full"
+    assert len(err) == 1 and "No space left on device" in err[0] and "--resume" in err[0]
+    assert (str(run / "notebooks" / "01_second.ipynb") if where == "notebook" else "timings.json") in err[0]
+    assert not (run / ".lock.json").exists()  # released: nobody is named as holding it,
+    RunLock(run).acquire("test").release()     # and another process can take it at once
+    timings = json.loads((run / "timings.json").read_text())
+    assert timings["status"] == ("failed" if where == "notebook" else "running")
+    monkeypatch.setattr(runner, "execute_notebook", real_execute)
+    monkeypatch.setattr(runner, "atomic_write", real_write)
+    assert main(args(project, "--run-id", "full", "--resume")) == 0
+    timings = json.loads((run / "timings.json").read_text())
+    assert timings["status"] == "completed"
+    assert {k: v["status"] for k, v in timings["notebooks"].items()} == {
+        "00_write.ipynb": "ok", "01_second.ipynb": "ok", "02_fail.ipynb": "ok", "03_after.ipynb": "ok"}
 
 
 def test_train_command_refuses_a_run_folder_in_use(tmp_path, capsys):
