@@ -39,9 +39,14 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(width)
         self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
 
+    def _heads(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v of every token, each (B, H, T, w/H)."""
+        B, T, w = h.shape
+        return self.qkv(self.ln_1(h)).view(B, T, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
+
     def forward(self, h: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
         B, T, w = h.shape
-        q, k, v = self.qkv(self.ln_1(h)).view(B, T, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = self._heads(h)
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, H, T, w/H)
         h = h + self.out(a.transpose(1, 2).reshape(B, T, w))
         return h + self.mlp(self.ln_2(h))
@@ -51,7 +56,7 @@ class Block(nn.Module):
         keys and values still come from every token, the output projection and the MLP
         run on B rows instead of B x T (the same values up to float rounding)."""
         B, T, w = h.shape
-        q, k, v = self.qkv(self.ln_1(h)).view(B, T, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = self._heads(h)
         rows = torch.arange(B, device=h.device)
         q_end = q[rows, :, end].unsqueeze(2)  # (B, H, 1, w/H)
         a = F.scaled_dot_product_attention(q_end, k, v, attn_mask=attn_mask[end][:, None, None, :])
