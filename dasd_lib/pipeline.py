@@ -25,7 +25,7 @@ from filelock import FileLock
 from .backbones import build_tiny_backbone, load_backbone, load_hf_backbone
 from .checkpoint import (PRETRAINED_FILES, CheckpointError, atomic_dir, check_record, fingerprint,
                          from_pretrained, make_record, read_meta)
-from .config import CHOICES, SOURCE_LANG, ConfigError, DataConfig, Params, canonical_stage
+from .config import CHOICES, SOURCE_LANG, ConfigError, DataConfig, Params, canonical_stage, check_paths
 from .evaluate import (RESULT_COLUMNS, SCORE_KEYS, compare_methods, embed_target, kfold_for,
                        score_captions, score_captions_with_hits, unique_images)
 from .metrics import chance_sumr
@@ -320,6 +320,13 @@ def check_methods(params: Params) -> None:
                 raise ConfigError(f"run.methods.{setting}: unknown method '{name}'; {hint}"
                                   f"known: {', '.join(sorted(METHODS))}")
     check_imported_methods(params)
+
+
+def check_run(params: Params) -> None:
+    """What must hold before notebook 00 starts, beyond load_params' checks: method names and
+    the paths of real inputs."""
+    check_methods(params)
+    check_paths(params)
 
 
 def trained_methods(params: Params, setting: str) -> list[str]:

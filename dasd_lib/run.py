@@ -184,7 +184,7 @@ def run_notebooks(params_path: str | Path, run_id: str | None = None,
     root = notebooks_dir.parent
     params_path = Path(params_path).resolve()
     params = load_params(params_path, list(overrides or []))  # unknown keys and values fail here
-    pipeline.check_methods(params)
+    pipeline.check_run(params)
     notebooks = select_notebooks(find_notebooks(notebooks_dir), only)
     if params.run.imported:  # the imported folder holds what notebooks 01-03 would train
         notebooks = [p for p in notebooks if p.name[:2] not in IMPORTED_SKIPS]
@@ -328,7 +328,7 @@ def prepare_run(params_file: str | Path, run_dir: str | Path,
     source = _notebook_path(params_file, root) if str(params_file) else None
     if not str(run_dir):
         params = load_params(source, overrides)
-        pipeline.check_methods(params)
+        pipeline.check_run(params)
         folder = Path(params.run.reports_dir) / INTERACTIVE_ID
         if not folder.is_absolute():  # outside a project: relative to the kernel's folder
             folder = folder.resolve()

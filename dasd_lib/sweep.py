@@ -343,7 +343,7 @@ def run_sweep(sweep: Sweep, *, reports_dir: str | Path | None = None, workers: i
     params = {name: runner._with_run_id(load_params(sweep.params, o), name)  # bad keys fail here
               for name, o in overrides.items()}
     for point_params in params.values():
-        runner.pipeline.check_methods(point_params)
+        runner.pipeline.check_run(point_params)
     notebooks = runner.select_notebooks(runner.find_notebooks(sweep.notebooks), sweep.only)
     command = list(command) if command is not None else ["dasd-sweep", *sys.argv[1:]]
 

@@ -159,15 +159,54 @@ def test_i2t_protocol_is_checked_when_parameters_load():
 @pytest.mark.parametrize("override,message", [
     ("cla.steps=-1", "cla.steps is -1; it counts training steps"),
     ("vlp.batch_size=0", "vlp.batch_size is 0; it must be at least 1"),
-    ("run.settings=[fintune]", "setting 'fintune'.*did you mean 'finetune'"),
+    ("run.settings=[fintune]", "run.settings names 'fintune'.*did you mean 'finetune'"),
     ("run.methods={zeroshoot: [dasd]}", "setting 'zeroshoot'"),
     ("run.device=gpu", "run.device is 'gpu', not one of auto, cpu, cuda"),
+    ("cla.lr=0", "cla.lr is 0(.0)?; it must be more than 0"),
+    ("cma.disc_lr=-1e-4", "cma.disc_lr is -0.0001; it must be more than 0"),
+    ("run.eval_batch_size=0", "run.eval_batch_size is 0; it must be at least 1"),
+    ("run.bootstrap_samples=-1", "run.bootstrap_samples is -1; it must be 0 or more"),
+    ("run.seeds=[]", "run.seeds is empty"),
+    ("data.langs=[de, fx]", "data.langs names 'fx', not one of de, fr, cs, ja, zh; did you mean 'fr'"),
+    ("data.on_missing=skipp", "data.on_missing is 'skipp', not one of error, skip"),
+    ("data.source=manfest", "data.source is 'manfest'.*did you mean 'manifest'"),
+    ("vlp.precision=fp8", "vlp.precision is 'fp8', not one of auto, fp32, bf16, fp16"),
+    ("cla.warmup_frac=1.5", "cla.warmup_frac is 1.5; it must be between 0 and 1"),
+    ("explore.probe_test_frac=1.0", "explore.probe_test_frac is 1.0; it must be strictly between"),
+    ("explore.probe_style=[styl]", "explore.probe_style names 'styl'.*did you mean 'style'"),
+    ("data.n_test=0", "data.n_test is 0; the downstream corpus is what every method is tested on"),
+    ("model.backbone=clip", "model.backbone is 'clip', not one of tiny, hf"),
 ])
 def test_bad_values_stop_when_parameters_load(override, message):
     from dasd_lib.config import ConfigError, load_params
     with pytest.raises(ConfigError, match=message):
         load_params(None, [override])
     assert load_params(None, ["run.device=cuda:1"]).run.device == "cuda:1"
+
+
+def test_real_data_languages_are_not_limited_to_the_synthetic_five():
+    from dasd_lib.config import load_params
+    assert load_params(None, ["data.source=manifest", "data.langs=[es]"]).data.langs == ["es"]
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["data.source=manifest"], "data.path is empty; a manifest corpus needs its file"),
+    (["data.source=manifest", "data.path=/nowhere/m.csv"], "data.path: /nowhere/m.csv does not exist"),
+    (["data.source=release", "data.path=EXISTING"], "data.english_path is empty; a release corpus needs"),
+    (["model.backbone=hf"], "model.clip_path is empty; backbone hf needs a CLIP folder"),
+    (["model.backbone=hf", "model.clip_path=/nowhere/clip"], "model.clip_path: /nowhere/clip does not exist"),
+    (["run.imported=/nowhere/imp", "run.methods={finetune: [dasd]}", "run.settings=[finetune]"], "run.imported: /nowhere/imp is not a folder"),
+])
+def test_missing_inputs_stop_before_notebook_00(tmp_path, overrides, message):
+    from dasd_lib.config import ConfigError, load_params
+    from dasd_lib.pipeline import check_run
+    existing = tmp_path / "m.json"
+    existing.write_text("{}")
+    params = load_params(None, [o.replace("EXISTING", str(existing)) for o in overrides])  # loading a run's params is fine
+    with pytest.raises(ConfigError, match=message):
+        check_run(params)
+    # a hub id cannot be checked offline, so it passes
+    check_run(load_params(None, ["model.backbone=hf", "model.clip_path=openai/clip-vit-base-patch16"]))
 
 
 def test_unknown_method_names_stop_before_a_run_starts(tmp_path):
