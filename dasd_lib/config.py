@@ -429,7 +429,7 @@ def check_choices(params: "Params", where: str = "parameters") -> None:
 
 
 def check_paths(params: "Params") -> None:
-    """Inputs a run cannot start without: data.path (and a release's english_path) for real
+    """Inputs a run cannot start without: data.path (and a release's english_path, when given) for real
     corpora, a CLIP folder for backbone hf, and run.imported. Checked before notebook 00 (not
     at load: a finished run's params.yaml must stay readable after its data moved)."""
     def missing(section, key, what):
@@ -445,9 +445,9 @@ def check_paths(params: "Params") -> None:
             continue
         if cfg.source in ("manifest", "release"):
             missing(section, "path", f"a {cfg.source} corpus needs its file (docs/real_data.md)")
-        if cfg.source == "release":
-            missing(section, "english_path", "a release corpus needs the English captions' JSON "
-                                             "(docs/real_data.md)")
+        if cfg.source == "release" and cfg.english_path:  # optional: it adds English rows
+            missing(section, "english_path", "it names the English captions' JSON; leave it empty "
+                                             "to run without English rows (docs/real_data.md)")
     if params.model.backbone == "hf" and not params.run.imported:
         path = params.model.clip_path
         if not path:
