@@ -25,7 +25,7 @@ from dasd_lib.run import run_notebooks
 
 pytestmark = pytest.mark.browser
 webdriver = pytest.importorskip("selenium.webdriver", reason="pip install -e '.[browser]'")
-from selenium.common.exceptions import TimeoutException  # noqa: E402
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -141,11 +141,14 @@ def test_explorer_shows_images_for_a_typed_caption(notebook, lab, driver, work):
     def wait(condition, seconds, what):
         try:
             return WebDriverWait(driver, seconds, poll_frequency=0.5).until(lambda d: condition())
-        except (TimeoutException, AssertionError) as err:
-            shot = work / "failure.png"
-            driver.save_screenshot(str(shot))
-            pytest.fail(f"{what}: {err}\nscreenshot: {shot}\nJupyterLab log:\n"
-                        f"{log.read_text(errors='replace')[-6000:]}", pytrace=False)
+        except TimeoutException:
+            problem = f"{what} (waited {seconds} s)"
+        except AssertionError as err:
+            problem = f"{what}: {err}"
+        shot = work / "failure.png"
+        driver.save_screenshot(str(shot))
+        pytest.fail(f"{problem}\nnotebook state: {state()}\nscreenshot: {shot}\nJupyterLab log:\n"
+                    f"{log.read_text(errors='replace')[-6000:]}", pytrace=False)
 
     def state():
         return driver.execute_script(NOTEBOOK_STATE, Path(notebook).name)
@@ -172,7 +175,7 @@ def test_explorer_shows_images_for_a_typed_caption(notebook, lab, driver, work):
         try:
             first[0].is_displayed()
             return False  # the first query's images are still there
-        except Exception:  # stale: the explorer replaced them
+        except StaleElementReferenceException:  # the explorer replaced them
             pass
         images = driver.find_elements(By.CSS_SELECTOR, RESULT_IMAGES)
         return images if images and all(driver.execute_script(
