@@ -1,4 +1,4 @@
-# The two commands: `make demo` and `make test`. Both build .venv from scratch when it
+# The two commands: `make demo` and `make test` (`make test-browser`: the browser test). Both build .venv from scratch when it
 # is missing and reuse it when pyproject.toml has not changed.
 PYTHON ?= python3
 VENV   := .venv
@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PARAMS ?= params/default.yaml
 
-.PHONY: demo test venv clean-venv lint findings
+.PHONY: demo test test-browser venv clean-venv lint findings
 
 venv: $(STAMP)
 
@@ -24,6 +24,23 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The tests marked `browser` (left out of `make test`): JupyterLab driven by Selenium in
+# headless Debian chromium. Installs chromium and chromium-driver with apt-get when missing
+# (sudo unless root) and the `browser` extra (selenium) into .venv.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+BROWSER_STAMP := $(VENV)/.installed-browser
+
+$(BROWSER_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/pip install --quiet -e ".[browser]"
+	touch $(BROWSER_STAMP)
+
+test-browser: $(BROWSER_STAMP)
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver; \
+	fi
+	$(BIN)/python -m pytest -q -m browser
 
 # ruff (pyflakes, syntax, and the weight-loading rules of pyproject.toml) over the library,
 # notebooks, benchmarks and tests; the notebook templates must hold no outputs
