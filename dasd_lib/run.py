@@ -392,12 +392,15 @@ def _record(params: Params, folder: Path, root: Path) -> tuple[Params, Path]:
 def train_main(argv: list[str] | None = None) -> int:
     """Train one stage of a run outside the notebooks, e.g. on several GPUs:
 
-        accelerate launch -m dasd_lib.train --params params/paper_multi30k.yaml \\
-            --run-dir reports/m30k --stage cla
+        accelerate launch --multi_gpu --num_processes 4 -m dasd_lib.train \\
+            --params params/paper_multi30k.yaml --run-dir reports/m30k --stage cla
 
-    The same functions as notebooks 01-03 run; each process trains on its own batches and
-    the main process writes checkpoints and loss files. It holds the run folder's lock
-    (RunLock) while it trains, so it never trains into a folder a dasd-run is using."""
+    (--multi_gpu on CPU too: without it accelerate starts one process, and a warning says
+    so.) The same functions as notebooks 01-03 run; each process trains on its own slice
+    of the global batch and the main process alone writes the shared files (lock,
+    parameters, VLP and tokenizers, feature cache, checkpoints, loss files). It holds the
+    run folder's lock (RunLock) while it trains, so it never trains into a folder a
+    dasd-run is using."""
     parser = argparse.ArgumentParser(prog="python -m dasd_lib.train", description=train_main.__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", required=True)
