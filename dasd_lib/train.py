@@ -325,9 +325,12 @@ def rank_slice(order: torch.Tensor, batch_size: int, accelerator) -> torch.Tenso
     """This process's batch out of one global draw: the step's shuffled rows `order` are
     drawn alike on every process and process r takes order[r*B:(r+1)*B]. So N processes
     together train on exactly the rows one process with batch_size N*B trains on (the
-    single-process equivalent of a multi-process run), and no two share a row."""
+    single-process equivalent of a multi-process run), and no two share a row. Where the
+    order holds fewer than N*B rows the slices wrap around (processes then share rows)
+    rather than leave a process an empty batch; with one process this is order[:B]."""
     rank = accelerator.process_index if accelerator is not None else 0
-    return order[rank * batch_size:(rank + 1) * batch_size]
+    take = torch.arange(min(batch_size, len(order)))
+    return order[(rank * batch_size + take) % max(len(order), 1)]
 
 
 def step_generator(seed: int, stage: str, step: int) -> torch.Generator:
