@@ -35,8 +35,9 @@ from .official import check_imported_methods, imported_backbone_dir, load_import
 from .report import COMPARISONS_FILE, write_results_markdown
 from .storage import atomic_csv, atomic_write
 from .train import (TrainingError, file_fingerprint, features_key, frozen_features,
-                    apply_determinism, make_target_data, resolve_device, stage_inputs, stage_records, target_data_key,
-                    train_target_stage, train_vlp_stage, training_rows)
+                    apply_determinism, is_main_process, make_target_data, on_main, process_rank,
+                    resolve_device, stage_inputs, stage_records, target_data_key,
+                    train_target_stage, train_vlp_stage, training_rows, wait_for_everyone)
 
 log = logging.getLogger("dasd_lib.pipeline")
 SETTINGS = ("finetune", "zeroshot")
@@ -243,42 +244,60 @@ def source_vlp(params: Params, run_dir: str | Path, resume: bool = True,
     trains_vlp = tiny or params.vlp.steps > 0 or params.vlp.epochs > 0
     out = paths.backbone if tiny else paths.finetuned_backbone
     t0 = time.perf_counter()
+    # under `accelerate launch --multi_gpu` the main process alone reuses, builds (the
+    # tokenizers are trained once) and saves; the others load what it wrote
+    rank, world = process_rank()
+    main = rank == 0
+    initial = paths.artifacts / "vlp_training" / "initial_vlp"  # the built VLP, for the other processes
     shared = Path(params.run.shared_dir) / "vlp" / record["fingerprint"] if params.run.shared_dir else None
-    lock = FileLock(str(shared) + ".lock") if shared is not None and trains_vlp else None
+    lock = FileLock(str(shared) + ".lock") if shared is not None and trains_vlp and main else None
     if lock is not None:
         shared.parent.mkdir(parents=True, exist_ok=True)
         lock.acquire()
     try:
-        reused = ""
-        if trains_vlp and (out / PRETRAINED_FILES[1]).exists() and resume and not restart:
-            try:
-                saved = read_meta(out, PRETRAINED_FILES).get("record")
-            except CheckpointError as err:
-                raise TrainingError(f"the run's VLP in {out} cannot be read ({err}). "
-                                    + _vlp_remedy()) from err
-            check_record(saved, record, f"the VLP in {out}", _vlp_remedy())
-            reused = "run"
-        elif trains_vlp and shared is not None and not restart and (shared / "backbone" / PRETRAINED_FILES[1]).exists():
-            check_record(read_meta(shared / "backbone", PRETRAINED_FILES).get("record"), record,
-                         f"the shared VLP in {shared}")
-            _copy_tree(shared / "backbone", out)
-            paths.losses.mkdir(parents=True, exist_ok=True)
-            if (shared / "vlp.csv").exists():
-                shutil.copyfile(shared / "vlp.csv", paths.losses / "vlp.csv")
-            reused = "shared"
-            log.info("VLP: reused %s (fingerprint %s)", shared, record["fingerprint"])
+        built = []
+
+        def reuse_or_build() -> str:
+            if trains_vlp and (out / PRETRAINED_FILES[1]).exists() and resume and not restart:
+                try:
+                    saved = read_meta(out, PRETRAINED_FILES).get("record")
+                except CheckpointError as err:
+                    raise TrainingError(f"the run's VLP in {out} cannot be read ({err}). "
+                                        + _vlp_remedy()) from err
+                check_record(saved, record, f"the VLP in {out}", _vlp_remedy())
+                return "run"
+            if trains_vlp and shared is not None and not restart and (shared / "backbone" / PRETRAINED_FILES[1]).exists():
+                check_record(read_meta(shared / "backbone", PRETRAINED_FILES).get("record"), record,
+                             f"the shared VLP in {shared}")
+                _copy_tree(shared / "backbone", out)
+                paths.losses.mkdir(parents=True, exist_ok=True)
+                if (shared / "vlp.csv").exists():
+                    shutil.copyfile(shared / "vlp.csv", paths.losses / "vlp.csv")
+                log.info("VLP: reused %s (fingerprint %s)", shared, record["fingerprint"])
+                return "shared"
+            with torch.random.fork_rng(devices=[]):  # the VLP's initial weights come from vlp_seed
+                torch.manual_seed(params.run.vlp_seed)
+                built.append(build_tiny_backbone(
+                    params.model, english_texts=train.caption.tolist(),
+                    multilingual_texts=multilingual_texts,
+                    image_size=params.data.image_size) if tiny else load_hf_backbone(params.model))
+            if world > 1 and tiny:
+                built[0].save(initial)
+            return ""
+
+        reused = on_main(reuse_or_build)
         losses_frame, samples_per_s = pd.DataFrame(), 0.0
         if reused:
             backbone = load_backbone(out)
             if (paths.losses / "vlp.csv").exists():
                 losses_frame = pd.read_csv(paths.losses / "vlp.csv")
         else:
-            with torch.random.fork_rng(devices=[]):  # the VLP's initial weights come from vlp_seed
-                torch.manual_seed(params.run.vlp_seed)
-                backbone = build_tiny_backbone(
-                    params.model, english_texts=train.caption.tolist(),
-                    multilingual_texts=multilingual_texts,
-                    image_size=params.data.image_size) if tiny else load_hf_backbone(params.model)
+            if built:
+                backbone = built[0]
+            else:  # another process: the main process's tokenizers and initial weights
+                backbone = load_backbone(initial) if tiny else load_hf_backbone(params.model)
+                log.info("VLP: process %d of %d loaded the main process's %s", rank, world,
+                         initial if tiny else "CLIP")
             check_image_size(params, backbone)
         if trains_vlp and not reused:
             apply_determinism(params.run.deterministic)
@@ -289,20 +308,28 @@ def source_vlp(params: Params, run_dir: str | Path, resume: bool = True,
                                      image_rows=image_rows, cfg=params.vlp, seed=params.run.vlp_seed,
                                      device_name=params.run.device, out_dir=paths.artifacts / "vlp_training",
                                      resume=resume and not restart, record=record)
-            backbone.save(out, record=record)
             losses_frame, samples_per_s = result.losses, result.samples_per_s
-            paths.losses.mkdir(parents=True, exist_ok=True)
-            atomic_csv(losses_frame, paths.losses / "vlp.csv")
-            if shared is not None:
-                _copy_tree(out, shared / "backbone")
-                atomic_csv(losses_frame, shared / "vlp.csv")
+            if main:
+                backbone.save(out, record=record)
+                paths.losses.mkdir(parents=True, exist_ok=True)
+                atomic_csv(losses_frame, paths.losses / "vlp.csv")
+                if shared is not None:
+                    _copy_tree(out, shared / "backbone")
+                    atomic_csv(losses_frame, shared / "vlp.csv")
+                if initial.exists():
+                    shutil.rmtree(initial)
     finally:
         if lock is not None:
             lock.release()
     backbone.freeze()
     forget_backbones()
-    english = english_oracle(params, run_dir, backbone=backbone.to(device).eval())
-    atomic_write(paths.root / "vlp_english_test.json", json.dumps(english, indent=2))
+
+    def check_english() -> dict:  # it writes the frozen-feature cache: once, on the main process
+        english = english_oracle(params, run_dir, backbone=backbone.to(device).eval())
+        atomic_write(paths.root / "vlp_english_test.json", json.dumps(english, indent=2))
+        return english
+
+    english = on_main(check_english)
     return VLPResult(backbone=backbone, losses=losses_frame, english_test=english,
                      seconds=time.perf_counter() - t0, samples_per_s=samples_per_s)
 
@@ -355,8 +382,12 @@ def train_stage_all(params: Params, run_dir: str | Path, stage: str, resume: boo
         backbone = get_backbone(params, run_dir, setting)
         corpus = corpus_config(params, setting)
         rows = training_rows(load_table(corpus), params.data.langs)
-        feats = frozen_features(backbone, rows, image_size=corpus.image_size,
-                                cache_dir=cache_dir(params, run_dir), device=device)
+        def features():
+            return frozen_features(backbone, rows, image_size=corpus.image_size,
+                                   cache_dir=cache_dir(params, run_dir), device=device)
+        kept: list = []
+        on_main(lambda: kept.append(features()))  # the main process encodes, writes the cache,
+        feats = kept[0] if kept else features()  # and the others then read it
         data = make_target_data(backbone, rows, feats, with_images=(stage == "cma"))
         for method in methods:
             for seed in params.run.seeds:
@@ -369,8 +400,9 @@ def train_stage_all(params: Params, run_dir: str | Path, stage: str, resume: boo
                                             backbone=backbone, data=data, out_dir=out,
                                             init_from=init, resume=resume, restart=restart,
                                             setting=setting)
-                shutil.copyfile(out / "losses.csv",
-                                paths.losses / f"{setting}__{method}__seed{seed}__{stage}.csv")
+                if is_main_process():  # the main process alone wrote losses.csv
+                    shutil.copyfile(out / "losses.csv",
+                                    paths.losses / f"{setting}__{method}__seed{seed}__{stage}.csv")
                 last = result.losses.iloc[-1] if len(result.losses) else {}
                 summary.append({"setting": setting, "method": method, "seed": seed, "stage": stage,
                                 "steps": result.steps, "seconds": round(result.seconds, 1),
@@ -378,7 +410,9 @@ def train_stage_all(params: Params, run_dir: str | Path, stage: str, resume: boo
                                 "final_loss": float(last.get("total", float("nan"))) if len(result.losses) else float("nan"),
                                 "trainable_params": result.extra["trainable_params"]})
     frame = pd.DataFrame(summary)
-    atomic_csv(frame, paths.root / f"train_{stage}_summary.csv")
+    if is_main_process():
+        atomic_csv(frame, paths.root / f"train_{stage}_summary.csv")
+    wait_for_everyone()
     return frame
 
 

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 
-from . import pipeline
+from . import pipeline, train
 from .config import (INTERACTIVE_ID, RUN_NAMING_KEYS, ConfigError, Params,  # noqa: F401
                      canonical_stage, find_project_root, load_params, save_params, seeds_used)
 from .execution import (COMPARE_NOTEBOOK, CROSS_RUN_NOTEBOOKS, KERNEL_NAME, NOTEBOOK_RE,  # noqa: F401
@@ -392,12 +392,15 @@ def _record(params: Params, folder: Path, root: Path) -> tuple[Params, Path]:
 def train_main(argv: list[str] | None = None) -> int:
     """Train one stage of a run outside the notebooks, e.g. on several GPUs:
 
-        accelerate launch -m dasd_lib.train --params params/paper_multi30k.yaml \\
-            --run-dir reports/m30k --stage cla
+        accelerate launch --multi_gpu --num_processes 4 -m dasd_lib.train \\
+            --params params/paper_multi30k.yaml --run-dir reports/m30k --stage cla
 
-    The same functions as notebooks 01-03 run; each process trains on its own batches and
-    the main process writes checkpoints and loss files. It holds the run folder's lock
-    (RunLock) while it trains, so it never trains into a folder a dasd-run is using."""
+    (--multi_gpu on CPU too: without it accelerate starts one process, and a warning says
+    so.) The same functions as notebooks 01-03 run; each process trains on its own slice
+    of the global batch and the main process alone writes the shared files (lock,
+    parameters, VLP and tokenizers, feature cache, checkpoints, loss files). It holds the
+    run folder's lock (RunLock) while it trains, so it never trains into a folder a
+    dasd-run is using."""
     parser = argparse.ArgumentParser(prog="python -m dasd_lib.train", description=train_main.__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", required=True)
@@ -412,22 +415,38 @@ def train_main(argv: list[str] | None = None) -> int:
     run_dir = Path(args.run_dir)
     # the run id is the folder's name, so `dasd-run --run-id <name> --resume` continues it
     params = load_params(args.params, [*args.overrides, f"run.run_id={run_dir.name}"])
-    run_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        lock = RunLock(run_dir).acquire(shlex.join(["python -m dasd_lib.train", *(argv or sys.argv[1:])]))
-    except RunLockedError as err:
-        print(f"python -m dasd_lib.train: {err}", file=sys.stderr)
-        return 2
-    try:
+    train.warn_if_single_launch()
+    # under `accelerate launch --multi_gpu` this starts the process group now, so that the
+    # main process alone takes the lock and writes the run folder's shared files
+    train.make_accelerator(params.run.device)
+    held: list[RunLock] = []
+
+    def take_lock() -> str | None:  # main process only: one holder, one params.yaml
+        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            held.append(RunLock(run_dir).acquire(
+                shlex.join(["python -m dasd_lib.train", *(argv or sys.argv[1:])])))
+        except RunLockedError as err:
+            return str(err)
         if not (run_dir / "params.yaml").exists():
             save_params(params, run_dir / "params.yaml")
+        return None
+
+    refused = train.on_main(take_lock)
+    if refused:
+        print(f"python -m dasd_lib.train: {refused}", file=sys.stderr)
+        return 2
+    try:
         stage = canonical_stage(args.stage)
         if stage == "vlp":
             pipeline.source_vlp(params, run_dir, restart=args.restart)
         else:
-            print(pipeline.train_stage_all(params, run_dir, stage, restart=args.restart).to_string())
+            summary = pipeline.train_stage_all(params, run_dir, stage, restart=args.restart)
+            if train.is_main_process():
+                print(summary.to_string())
     finally:
-        lock.release()
+        for lock in held:
+            lock.release()
     return 0
 
 

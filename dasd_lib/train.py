@@ -57,6 +57,86 @@ def apply_determinism(enabled: bool) -> None:
     torch.use_deterministic_algorithms(enabled, warn_only=True)
 
 
+# ----------------------------------------------------------------------------- processes
+
+def process_rank() -> tuple[int, int]:
+    """(rank, number of processes) of this process: (0, 1) unless a process group is up
+    (`accelerate launch --multi_gpu`, started by the first make_accelerator)."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_main_process() -> bool:
+    return process_rank()[0] == 0
+
+
+def wait_for_everyone() -> None:
+    if process_rank()[1] > 1:
+        torch.distributed.barrier()
+
+
+def on_main(fn: Callable[[], Any]) -> Any:
+    """Run fn on the main process only and hand its (small, picklable) result to every
+    process; with one process just fn(). Shared files (caches, tokenizers, the VLP,
+    checkpoints) are written this way, once, instead of by every process at the same
+    paths. An exception on the main process is raised on every process as well, so none
+    is left waiting for a result that never comes."""
+    rank, world = process_rank()
+    if world == 1:
+        return fn()
+    box: list[Any] = [None]
+    if rank == 0:
+        try:
+            box = [("ok", fn())]
+        except BaseException as err:
+            torch.distributed.broadcast_object_list([("error", f"{type(err).__name__}: {err}")], src=0)
+            raise
+    torch.distributed.broadcast_object_list(box, src=0)
+    kind, value = box[0]
+    if kind == "error":
+        raise TrainingError(f"the main process failed, so this one stops too: {value}")
+    return value
+
+
+def launcher_processes() -> int | None:
+    """How many processes `accelerate launch` was asked for (its --num_processes), read
+    from the launcher's command line, when this process is the single child it started;
+    None when that cannot be told. A single-process launch sets no variable that says
+    how many were asked for (checked with accelerate 1.15: WORLD_SIZE, RANK and
+    LOCAL_RANK are set only with --multi_gpu), but accelerate's simple launcher is this
+    process's parent."""
+    if "WORLD_SIZE" in os.environ or "ACCELERATE_DYNAMO_BACKEND" not in os.environ:
+        return None  # several processes really started, or not started by accelerate launch
+    try:
+        argv = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().decode().split("\0")
+    except OSError:  # not Linux, or the parent is gone
+        return None
+    for i, arg in enumerate(argv):
+        for flag in ("--num_processes", "--num-processes"):
+            value = arg[len(flag) + 1:] if arg.startswith(flag + "=") else (
+                argv[i + 1] if arg == flag and i + 1 < len(argv) else None)
+            if value is not None and value.isdigit():
+                return int(value)
+    return None
+
+
+def warn_if_single_launch() -> bool:
+    """Log a warning when `accelerate launch --num_processes N` (N > 1) started a single
+    process: without --multi_gpu (on CPU too, where the processes talk over gloo) accelerate
+    silently runs one process, which then trains alone at 1/N of the asked global batch.
+    Returns whether it warned."""
+    asked = launcher_processes()
+    if asked is None or asked <= 1 or process_rank()[1] > 1:
+        return False
+    log.warning("accelerate launch was asked for %d processes but started one: accelerate "
+                "starts several only with --multi_gpu (on CPU too: add --multi_gpu, not "
+                "--cpu); this process trains alone. See docs/real_data.md, 'Several GPUs'.",
+                asked)
+    return True
+
+
 def make_accelerator(device_name: str = "auto"):
     """An `accelerate` Accelerator: one process here; under `accelerate launch` it wraps the
     model in DDP (per-language adapters leave parameters unused in a step, hence
@@ -134,8 +214,14 @@ def train_step(task: TrainTask, cfg: StageConfig, scheduler, step: int, *, stage
         return str(found) if found else "none (no checkpoint written yet)"
 
     terms = task.step_fn(step)
-    for name, value in terms.items():
-        if not torch.isfinite(value.detach()).all():
+    logged = {k: v.detach() for k, v in terms.items()}
+    if acc is not None and acc.num_processes > 1:
+        # the mean over processes: the logged loss is the global batch's (each process's
+        # batch is the same size), and a non-finite term on any process stops all of them
+        # here together instead of leaving the others waiting in the next all-reduce
+        logged = {k: acc.reduce(v.float().clone(), reduction="mean") for k, v in logged.items()}
+    for name, value in logged.items():
+        if not torch.isfinite(value).all():
             raise TrainingError(
                 f"{where}: loss term '{name}' is {value.item()} at step {step}; stopped. "
                 f"Last good checkpoint: {last()}. Lower {stage}.lr or check the data.")
@@ -161,7 +247,7 @@ def train_step(task: TrainTask, cfg: StageConfig, scheduler, step: int, *, stage
     scheduler.step()
     phase("optimizer")
     return {"step": step, "lr": scheduler.get_last_lr()[0],
-            **{k: float(v.detach()) for k, v in terms.items()}}
+            **{k: float(v) for k, v in logged.items()}}
 
 
 def make_scheduler(optimizer, cfg: StageConfig, steps: int):
@@ -235,6 +321,18 @@ def run_loop(task: TrainTask, cfg: StageConfig, *, stage: str, steps: int, out_d
                        resumed_from=start)
 
 
+def rank_slice(order: torch.Tensor, batch_size: int, accelerator) -> torch.Tensor:
+    """This process's batch out of one global draw: the step's shuffled rows `order` are
+    drawn alike on every process and process r takes order[r*B:(r+1)*B]. So N processes
+    together train on exactly the rows one process with batch_size N*B trains on (the
+    single-process equivalent of a multi-process run), and no two share a row. Where the
+    order holds fewer than N*B rows the slices wrap around (processes then share rows)
+    rather than leave a process an empty batch; with one process this is order[:B]."""
+    rank = accelerator.process_index if accelerator is not None else 0
+    take = torch.arange(min(batch_size, len(order)))
+    return order[(rank * batch_size + take) % max(len(order), 1)]
+
+
 def step_generator(seed: int, stage: str, step: int) -> torch.Generator:
     """Batch sampling depends only on (seed, stage, step): resuming replays the same batches."""
     digest = hashlib.sha256(f"{seed}:{stage}:{step}".encode()).digest()
@@ -278,9 +376,8 @@ class TargetStep:
         langs = sorted(self.data.lang_rows)
         lang = langs[step % len(langs)]  # one language per batch: its adapters are used
         pool = self.data.lang_rows[lang]
-        rank = self.accelerator.process_index if self.accelerator is not None else 0
-        gen = step_generator(self.seed + 1000 * rank, self.stage, step)  # each process its own batch
-        return lang, pool[torch.randperm(len(pool), generator=gen)[:self.cfg.batch_size]]
+        order = torch.randperm(len(pool), generator=step_generator(self.seed, self.stage, step))
+        return lang, pool[rank_slice(order, self.cfg.batch_size, self.accelerator)]
 
     def update_discriminator(self, f_sa: torch.Tensor, ref: torch.Tensor) -> dict[str, torch.Tensor]:
         """One optimiser step of the discriminator on own vs shuffled (f_sa, reference)
@@ -474,11 +571,11 @@ def train_vlp_stage(*, backbone, images: np.ndarray, captions: list[str], image_
         wrapped = torch.compile(wrapped)
 
     def step_fn(step: int) -> dict[str, torch.Tensor]:
-        gen = step_generator(seed + 1000 * accelerator.process_index, "vlp", step)
+        gen = step_generator(seed, "vlp", step)
         # one caption per image in a batch, so InfoNCE has no false negatives from duplicates
         order = torch.randperm(len(captions), generator=gen)
         _, first = np.unique(image_rows[order.numpy()], return_index=True)
-        rows = order[np.sort(first)][:cfg.batch_size]
+        rows = rank_slice(order[np.sort(first)], cfg.batch_size, accelerator)
         width = int(lengths[rows].max())
         ids = ids_all[rows, :width].to(device)
         mask = mask_all[rows, :width].to(device)
