@@ -15,13 +15,16 @@ import shlex
 import socket
 import subprocess
 import sys
+import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Sequence
 
 from filelock import FileLock, Timeout
 
 from .report_html import REPORT_FILE, stale_report_inputs, write_report
-from .storage import atomic_write
+from .storage import PROGRESS_ENV, atomic_write, read_progress
 
 KERNEL_NAME = "python3"
 NOTEBOOK_RE = re.compile(r"^(\d{2})_[\w.-]+\.ipynb$")
@@ -180,6 +183,42 @@ def execute_notebook(src: Path, dst: Path, *, parameters: dict[str, Any], cwd: P
     except Exception as err:  # kernel died, bad notebook JSON, ...: still name the notebook
         raise NotebookFailed(notebook=src.name, output_path=dst, ename=type(err).__name__,
                              evalue=str(err)) from err
+
+
+@contextmanager
+def heartbeat(label: str, progress_file: Path, every_s: float = 30.0):
+    """While the block runs: point the kernel at `progress_file` (PROGRESS_ENV; the kernel
+    inherits the runner's environment) and print `label: running N s; <progress>` every
+    `every_s` seconds, so a long notebook never leaves the terminal silent. every_s <= 0
+    prints nothing (the progress file is still written)."""
+    progress_file = Path(progress_file)
+    progress_file.unlink(missing_ok=True)  # the last notebook's progress is not this one's
+    before = os.environ.get(PROGRESS_ENV)
+    os.environ[PROGRESS_ENV] = str(progress_file)
+    stop = threading.Event()
+    t0 = time.monotonic()
+
+    def beat():
+        while not stop.wait(every_s):
+            line = f"{label}: running {time.monotonic() - t0:.0f} s"
+            if (p := read_progress(progress_file)) is not None:
+                line += f"; {p.get('what', '?')}: {p.get('done', '?')}/{p.get('total', '?')}"
+            print(line, flush=True)
+
+    thread = threading.Thread(target=beat, daemon=True, name="dasd-heartbeat")
+    if every_s > 0:
+        thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        if thread.is_alive():
+            thread.join(timeout=5)
+        if before is None:
+            os.environ.pop(PROGRESS_ENV, None)
+        else:
+            os.environ[PROGRESS_ENV] = before
+        progress_file.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------- environment

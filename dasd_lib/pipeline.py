@@ -33,7 +33,7 @@ from .data import load_corpus, load_images
 from .model import METHODS, build_target_model
 from .official import check_imported_methods, imported_backbone_dir, load_imported_tower
 from .report import COMPARISONS_FILE, write_results_markdown
-from .storage import atomic_csv, atomic_write
+from .storage import atomic_csv, atomic_write, report_progress
 from .train import (TrainingError, file_fingerprint, features_key, frozen_features,
                     apply_determinism, is_main_process, make_target_data, on_main, process_rank,
                     resolve_device, stage_inputs, stage_records, target_data_key,
@@ -484,6 +484,9 @@ def evaluate_run(params: Params, run_dir, *, write: bool = True) -> pd.DataFrame
     image_ids = images.image_id.tolist()
     rows, scored, hits = [], [], []
     tokens: dict[tuple, tuple] = {}
+    n_models = sum(len(params.run.seeds[:1] if METHODS[m].oracle else params.run.seeds)
+                   for s in params.run.settings for m in params.run.methods.get(s, []))
+    n_done = 0
     for setting in params.run.settings:
         backbone = get_backbone(params, run_dir, setting)
         feats = frozen_features(backbone, test, image_size=params.data.image_size,
@@ -493,6 +496,8 @@ def evaluate_run(params: Params, run_dir, *, write: bool = True) -> pd.DataFrame
             spec = METHODS[method]
             seeds = params.run.seeds[:1] if spec.oracle else params.run.seeds
             for seed in seeds:
+                report_progress(f"evaluate {setting} {method} s{seed}", n_done, n_models, every_s=0)
+                n_done += 1
                 base = {"setting": setting, "method": method, "seed": seed}
                 if spec.oracle:
                     english = test[test.lang == SOURCE_LANG]

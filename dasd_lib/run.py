@@ -2,6 +2,7 @@
 
     dasd-run --params params/default.yaml [--run-id ID] [--only 02,03] [-p cla.steps=5 ...]
              [--notebooks-dir notebooks] [--reports-dir reports] [--resume] [--log-output]
+             [--heartbeat SECONDS]
 
 A run lives in reports/<run_id>/ (see reports/README.md): params.yaml (the resolved
 parameters), env.json (versions, git commit, command), notebooks/ (the executed copies),
@@ -42,13 +43,14 @@ from .config import (INTERACTIVE_ID, RUN_NAMING_KEYS, ConfigError, Params,  # no
 from .execution import (COMPARE_NOTEBOOK, CROSS_RUN_NOTEBOOKS, KERNEL_NAME, NOTEBOOK_RE,  # noqa: F401
                         PACKAGES, NotebookFailed, RunError, RunExistsError, RunLock,
                         RunLockedError, _now, collect_env, execute_notebook, find_compare_notebook,
-                        find_notebooks, keep_report_fresh, select_notebooks)
+                        find_notebooks, heartbeat, keep_report_fresh, select_notebooks)
 from .official import IMPORTED_SKIPS
 from .report_html import REPORT_FILE, write_report
 from .storage import atomic_write
 
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 RUN_SUBDIRS = ("figures", "artifacts", "losses")
+PROGRESS_FILE = ".progress.json"  # the kernel's latest progress, while a notebook runs
 # training stages in order, and the notebook that trains each: restarting one restarts the
 # later ones too, since each starts from the one before
 STAGE_NOTEBOOKS = {"vlp": "01", "cla": "02", "cma": "03"}
@@ -168,7 +170,7 @@ def run_notebooks(params_path: str | Path, run_id: str | None = None,
                   notebooks_dir: str | Path = "notebooks", reports_dir: str | Path | None = None,
                   *, resume: bool = False, log_output: bool = False, progress: bool = False,
                   command: Sequence[str] | None = None,
-                  restart_stages: Sequence[str] | None = None) -> Path:
+                  restart_stages: Sequence[str] | None = None, heartbeat_s: float = 30.0) -> Path:
     """Execute the notebooks in order into reports/<run_id>/notebooks/; return the run folder.
 
     `restart_stages` (vlp, cla, cma): retrain these stages and every later one from scratch
@@ -179,6 +181,10 @@ def run_notebooks(params_path: str | Path, run_id: str | None = None,
     reports_dir None means params `run.reports_dir`, relative to the project root (the
     folder holding `notebooks_dir`). Raises ConfigError (bad params; before anything runs),
     RunLockedError, RunExistsError, RunError, or NotebookFailed (after recording it).
+
+    Every `heartbeat_s` seconds a notebook runs, a line says how long it has been running
+    and what the kernel reported last (training stage, setting, method, seed and step, or
+    the evaluation's model count), with or without log_output.
     """
     notebooks_dir = Path(notebooks_dir).resolve()
     root = notebooks_dir.parent
@@ -252,9 +258,11 @@ def run_notebooks(params_path: str | Path, run_id: str | None = None,
             print(f"  [{i}/{len(notebooks)}] {src.name}: running", flush=True)
             t0 = time.perf_counter()
             try:
-                execute_notebook(src, dst, cwd=root, log_output=log_output, progress=progress,
-                                 parameters=parameters | ({"restart": True}
-                                                          if src.name[:2] in restart_numbers else {}))
+                with heartbeat(f"  [{i}/{len(notebooks)}] {src.name}", run_dir / PROGRESS_FILE,
+                               heartbeat_s):
+                    execute_notebook(src, dst, cwd=root, log_output=log_output, progress=progress,
+                                     parameters=parameters | ({"restart": True}
+                                                              if src.name[:2] in restart_numbers else {}))
             except NotebookFailed as err:
                 seconds = round(time.perf_counter() - t0, 2)
                 err.run_dir = run_dir
@@ -474,6 +482,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "in an existing run folder; the parameters may differ from its params.yaml")
     ap.add_argument("--log-output", action="store_true",
                     help="echo the notebooks' cell outputs to the terminal")
+    ap.add_argument("--heartbeat", type=float, default=30.0, metavar="SECONDS",
+                    help="print the running notebook's progress every SECONDS (default 30; 0: never)")
     return ap
 
 
@@ -504,7 +514,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 overrides=args.param, notebooks_dir=args.notebooks_dir,
                                 reports_dir=args.reports_dir, resume=args.resume,
                                 log_output=args.log_output, progress=sys.stderr.isatty(),
-                                command=["dasd-run", *argv], restart_stages=args.restart_stage)
+                                command=["dasd-run", *argv], restart_stages=args.restart_stage,
+                                heartbeat_s=args.heartbeat)
     except NotebookFailed as err:
         print(f"dasd-run: {err}", file=sys.stderr)
         if err.run_dir is not None:

@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -267,3 +268,36 @@ def load_state(folder: str | Path, device: str | torch.device = "cpu",
         # the hash matched, so this file was put there on purpose (e.g. a pickle renamed)
         raise CheckpointError(f"{state_path}: not a readable safetensors file ({err}); "
                               f"dasd_lib reads safetensors only, never pickles") from err
+
+
+# ----------------------------------------------------------------------------- progress
+
+# The runner sets this to a file in the run folder; the kernel inherits it and reports the
+# training loop's and the evaluation's progress there, which the runner prints every 30 s.
+PROGRESS_ENV = "DASD_PROGRESS_FILE"
+_last_report: dict[str, float] = {}
+
+
+def report_progress(what: str, done: int, total: int, *, every_s: float = 2.0) -> None:
+    """Write {what, done, total, time} to $DASD_PROGRESS_FILE, at most every `every_s`
+    seconds (and always at the end); nothing without the variable. Progress is a courtesy:
+    a write that fails is ignored, never the run's failure."""
+    path = os.environ.get(PROGRESS_ENV)
+    if not path:
+        return
+    now = time.time()
+    if done < total and now - _last_report.get(path, 0.0) < every_s:
+        return
+    _last_report[path] = now
+    try:
+        atomic_write(path, json.dumps({"what": what, "done": done, "total": total, "time": now}))
+    except OSError:
+        pass
+
+
+def read_progress(path: str | Path) -> dict[str, Any] | None:
+    """What report_progress last wrote to `path`, or None (no file yet, or unreadable)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None

@@ -28,6 +28,7 @@ from .checkpoint import (CheckpointError, check_record, clear_partial_writes,  #
                          fingerprint, from_pretrained, latest_checkpoint, load_state,
                          load_training_state, make_record, remove_tree, save_pretrained,
                          save_state, save_training_state, step_dirs, write_losses)
+from .storage import report_progress
 from .config import STAGE_ALIASES, Params, StageConfig, canonical_stage  # noqa: F401
 from .model import METHODS, Discriminator, build_target_model
 from .features import (FeaturesError, FrozenFeatures, TargetData, cache_key,  # noqa: F401
@@ -296,6 +297,8 @@ def run_loop(task: TrainTask, cfg: StageConfig, *, stage: str, steps: int, out_d
         for m in task.modules.values():
             m.train()
         rows.append(train_step(task, cfg, scheduler, step, stage=stage, desc=desc, out_dir=out_dir))
+        if is_main:
+            report_progress(desc or stage, step + 1, steps)
         if cfg.log_every and (step + 1) % cfg.log_every == 0:
             log.info("%s step %d/%d: %s", desc or stage, step + 1, steps,
                      " ".join(f"{k}={v:.4g}" for k, v in rows[-1].items() if k not in ("step",)))
@@ -529,7 +532,8 @@ def train_target_stage(*, params: Params, stage: str, method: str, seed: int, ba
                                   accelerator=accelerator)
     steps = stage_steps(cfg, len(data.lengths))
     result = run_loop(task, cfg, stage=stage, steps=steps, out_dir=out_dir,
-                      resume=resume and not restart, desc=f"{stage} {method} s{seed}", record=record)
+                      resume=resume and not restart, desc=" ".join(filter(None, (stage, setting, method, f"s{seed}"))),
+                      record=record)
     if accelerator.is_main_process:
         save_pretrained(model, out_dir / "model", record=record)
     accelerator.wait_for_everyone()

@@ -453,3 +453,41 @@ def test_rerunning_a_notebook_refreshes_the_report(tmp_path, capsys):
     assert report.stat().st_mtime_ns > before
     assert figure_caption("05_probes") in report.read_text(encoding="utf-8")
     assert "figures/05_probes.png changed" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- live feedback
+
+def test_heartbeat_names_the_notebook_and_the_kernels_progress(project, monkeypatch, capsys):
+    from dasd_lib.storage import PROGRESS_ENV, report_progress
+    seen = {}
+
+    def slow(src, dst, *, parameters, cwd, log_output=False, progress=False):
+        seen["file"] = os.environ.get(PROGRESS_ENV)
+        report_progress("cla finetune dasd s0", 3, 10, every_s=0)
+        threading.Event().wait(0.45)
+        shutil.copy(src, dst)
+
+    monkeypatch.setattr(runner, "execute_notebook", slow)
+    run = run_notebooks(project / "params" / "t.yaml", run_id="hb", only="00",
+                        notebooks_dir=project / "notebooks", reports_dir=project / "reports",
+                        heartbeat_s=0.1)
+    out = capsys.readouterr().out
+    beats = [ln for ln in out.splitlines() if "running" in ln and " s" in ln and ";" in ln]
+    assert beats, out
+    assert beats[0].startswith("  [1/1] 00_write.ipynb: running ")
+    assert beats[0].endswith("; cla finetune dasd s0: 3/10")
+    # the kernel was pointed into the run folder; afterwards neither the variable nor the file is left
+    assert seen["file"] == str(run / runner.PROGRESS_FILE)
+    assert PROGRESS_ENV not in os.environ and not (run / runner.PROGRESS_FILE).exists()
+
+
+def test_heartbeat_reads_progress_a_real_kernel_reports(project, capsys):
+    nb = notebook("from dasd_lib.storage import report_progress\nimport time\n"
+                  "report_progress('vlp', 2, 5, every_s=0)\ntime.sleep(2.5)")
+    nbformat.write(nb, project / "notebooks" / "01_second.ipynb")
+    run_notebooks(project / "params" / "t.yaml", run_id="hbk", only="01",
+                  notebooks_dir=project / "notebooks", reports_dir=project / "reports",
+                  heartbeat_s=0.5)
+    beats = [ln for ln in capsys.readouterr().out.splitlines() if "01_second.ipynb: running " in ln]
+    # the first beats may come before the kernel has started; the last one saw its report
+    assert beats and beats[-1].endswith("; vlp: 2/5"), beats

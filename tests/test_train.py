@@ -132,3 +132,25 @@ def test_every_method_trains_both_stages(smoke_run):
     dasd = losses[losses.method == "dasd"]
     assert dasd[["sc", "adv", "d_acc"]].notna().all().all()
     assert losses[losses.method == "static"].get("adv", pd.Series(dtype=float)).isna().all()
+
+
+def test_training_loop_reports_its_progress(tmp_path, monkeypatch):
+    """The runner's heartbeat reads what run_loop writes to $DASD_PROGRESS_FILE."""
+    from dataclasses import replace
+    from conftest import smoke_params
+    from dasd_lib.storage import PROGRESS_ENV, read_progress
+    progress = tmp_path / "progress.json"
+    monkeypatch.setenv(PROGRESS_ENV, str(progress))
+    net = torch.nn.Linear(2, 1)
+    x = torch.randn(4, 2)
+
+    def step_fn(step):
+        loss = net(x).pow(2).mean()
+        return {"mse": loss, "total": loss}
+
+    task = T.TrainTask(modules={"net": net}, optimizer=torch.optim.SGD(net.parameters(), lr=0.1),
+                       step_fn=step_fn, batch_size=4, params_to_clip=list(net.parameters()))
+    cfg = replace(smoke_params(tmp_path).cla, checkpoint_every=0)
+    T.run_loop(task, cfg, stage="cla", steps=5, out_dir=tmp_path / "run", desc="cla finetune dasd s0")
+    assert {k: v for k, v in read_progress(progress).items() if k != "time"} == \
+        {"what": "cla finetune dasd s0", "done": 5, "total": 5}
