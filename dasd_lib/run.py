@@ -87,6 +87,41 @@ def params_diff(a: Params, b: Params, ignore: Sequence[str] = RUN_NAMING_KEYS) -
             if k not in ignore and fa.get(k) != fb.get(k)]
 
 
+# the first notebook that reads each parameter (the longest matching prefix wins); a change
+# can only affect that notebook and the later ones
+FIRST_READER = {"data.": "00", "web.": "00", "model.": "01", "vlp.": "01", "run.": "01",
+                "cla.": "02", "cma.": "03", "explore.": "05",
+                **{f"run.{k}": "04" for k in ("eval_batch_size", "eval_split", "kfold", "kfold_langs",
+                                              "eval_variants", "compare_to", "bootstrap_samples",
+                                              "bootstrap_seed", "i2t_protocol")}}
+
+
+def first_reader(key: str) -> str:
+    """The first notebook reading `key` (section.name); "00" for anything unmapped."""
+    matches = [p for p in FIRST_READER if key.startswith(p) or key == p.rstrip(".")]
+    return FIRST_READER[max(matches, key=len)] if matches else "00"
+
+
+def stale_finished_notebooks(changed: Sequence[str], finished: Sequence[str],
+                             selected: Sequence[str]) -> list[str]:
+    """Finished notebooks (numbers) that read a changed parameter ('key: a -> b' lines of
+    params_diff) but are not among the `selected` ones this resume executes: their outputs
+    would no longer match params.yaml. Empty: the resume may change these parameters."""
+    if not changed:
+        return []
+    first = min(first_reader(line.split(":", 1)[0]) for line in changed)
+    return sorted(n for n in finished if n >= first and n not in selected)
+
+
+def _finished_notebooks(run_dir: Path) -> list[str]:
+    """Numbers of the notebooks timings.json records as ok."""
+    try:
+        books = json.loads((run_dir / "timings.json").read_text(encoding="utf-8")).get("notebooks", {})
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [name[:2] for name, entry in books.items() if isinstance(entry, dict) and entry.get("status") == "ok"]
+
+
 def _with_run_id(params: Params, run_id: str) -> Params:
     return dataclasses.replace(params, run=dataclasses.replace(params.run, run_id=run_id))
 
@@ -178,6 +213,9 @@ def run_notebooks(params_path: str | Path, run_id: str | None = None,
     folder's params.yaml, and the change is logged). Without it, a stage trained with other
     inputs than the current parameters is refused by the library (StaleStageError).
 
+    A resume may change parameters that only notebooks it executes, or none that finished,
+    read (FIRST_READER); otherwise RunError names the keys and the finished notebooks.
+
     reports_dir None means params `run.reports_dir`, relative to the project root (the
     folder holding `notebooks_dir`). Raises ConfigError (bad params; before anything runs),
     RunLockedError, RunExistsError, RunError, or NotebookFailed (after recording it).
@@ -224,10 +262,14 @@ def run_notebooks(params_path: str | Path, run_id: str | None = None,
         if status is not None and (run_dir / "params.yaml").is_file():
             # resuming: the folder's parameters must not change under its earlier notebooks
             changed = params_diff(load_params(run_dir / "params.yaml"), params)
-            if changed and not restart:
+            stale = stale_finished_notebooks(changed, _finished_notebooks(run_dir),
+                                             [p.name[:2] for p in notebooks])
+            if stale and not restart:
                 raise RunError(f"--resume with other parameters than {run_dir / 'params.yaml'}: "
-                               + "; ".join(changed) + ". Start a new run id, or retrain from the "
-                               "first stage these change with --restart-stage vlp|cla|cma.")
+                               + "; ".join(changed) + f". Finished notebooks {', '.join(stale)} "
+                               "depend on them and this resume does not re-execute them: add "
+                               "them to --only (training stages then need --restart-stage "
+                               "vlp|cla|cma), or start a new run id.")
             try:
                 old_env = json.loads((run_dir / "env.json").read_text(encoding="utf-8"))
                 env["previous"] = [*old_env.pop("previous", []), old_env]
@@ -242,8 +284,9 @@ def run_notebooks(params_path: str | Path, run_id: str | None = None,
         records.log(f"start run {run_id}: {command_line} ({len(notebooks)} notebooks"
                     f"{', resumed' if status is not None else ''})")
         if restart:
-            records.log(f"restarting stages {', '.join(restart)}"
-                        + (f"; parameters changed: {'; '.join(changed)}" if status is not None and changed else ""))
+            records.log(f"restarting stages {', '.join(restart)}")
+        if changed:
+            records.log(f"parameters changed on resume: {'; '.join(changed)}")
         plural = "s" * (len(notebooks) != 1)
         print(f"dasd-run: run {run_id} in {run_dir} ({len(notebooks)} notebook{plural})",
               flush=True)

@@ -150,8 +150,9 @@ def test_existing_run_needs_resume_with_same_params(project, calls, capsys):
                       notebooks_dir=project / "notebooks", reports_dir=project / "reports")
     assert main(args(project, "--run-id", "x")) == 2
     assert "already holds a run (status: completed)" in capsys.readouterr().err
-    with pytest.raises(RunError, match=r"cla\.steps: 3 -> 9"):
-        run_notebooks(project / "params" / "t.yaml", run_id="x", overrides=["cla.steps=9"],
+    # data.* is read by the finished 00 (other keys are the resume tests' subject, below)
+    with pytest.raises(RunError, match=r"data\.mt_noise: .* -> 0\.5"):
+        run_notebooks(project / "params" / "t.yaml", run_id="x", overrides=["data.mt_noise=0.5"], only="01",
                       notebooks_dir=project / "notebooks", reports_dir=project / "reports",
                       resume=True)
     assert len(calls) == 1
@@ -491,3 +492,46 @@ def test_heartbeat_reads_progress_a_real_kernel_reports(project, capsys):
     beats = [ln for ln in capsys.readouterr().out.splitlines() if "01_second.ipynb: running " in ln]
     # the first beats may come before the kernel has started; the last one saw its report
     assert beats and beats[-1].endswith("; vlp: 2/5"), beats
+
+
+# ----------------------------------------------------------------------------- resume with changes
+
+def test_resume_may_change_parameters_only_unfinished_notebooks_read(project, monkeypatch, capsys):
+    """02 fails; a resume changing cla.* (first read by 02, unfinished) is allowed and logged;
+    once 02 has finished, changing cla.* again is refused unless 02 is re-executed too."""
+    def fake(src, dst, *, parameters, **kw):
+        if src.name.startswith("02") and not (project / "fixed").exists():
+            raise NotebookFailed(notebook=src.name, output_path=dst, ename="ValueError", evalue="boom")
+        shutil.copy(src, dst)
+
+    monkeypatch.setattr(runner, "execute_notebook", fake)
+    assert main(args(project, "--run-id", "c")) == 1
+    err = capsys.readouterr().err
+    (project / "fixed").write_text("")
+    # 00 and 01 finished; cla.* is first read by 02, which did not finish: allowed, and logged
+    assert main(args(project, "--run-id", "c", "--resume", "--only", "02,03", "-p", "cla.lr=0.002")) == 0
+    run = project / "reports" / "c"
+    log_text = (run / "run.log").read_text()
+    assert "parameters changed on resume: cla.lr: 0.001 -> 0.002" in log_text, log_text
+    assert yaml.safe_load((run / "params.yaml").read_text())["cla"]["lr"] == 0.002
+    # now 02 finished: changing cla.* again without re-executing 02 is refused, naming it
+    assert main(args(project, "--run-id", "c", "--resume", "--only", "03", "-p", "cla.lr=0.003")) == 2
+    err = capsys.readouterr().err
+    assert "cla.lr: 0.002 -> 0.003" in err and "Finished notebooks 02 depend on them" in err
+    assert yaml.safe_load((run / "params.yaml").read_text())["cla"]["lr"] == 0.002
+    # data.* is read by 00: every finished notebook would be stale
+    assert main(args(project, "--run-id", "c", "--resume", "--only", "01", "-p", "cla.lr=0.002",
+                     "-p", "data.mt_noise=0.5")) == 2
+    assert "Finished notebooks 00, 02, 03 depend on them" in capsys.readouterr().err
+    # re-executing every notebook a change reaches is allowed (trained stages are then
+    # checked by their fingerprints in the library)
+    assert main(args(project, "--run-id", "c", "--resume", "--only", "02,03", "-p", "cla.lr=0.003")) == 0
+
+
+def test_first_reader_of_a_parameter():
+    from dasd_lib.run import first_reader, stale_finished_notebooks
+    assert [first_reader(k) for k in ("data.mt_noise", "vlp.steps", "run.seeds", "run.eval_split",
+                                      "explore.umap_neighbors", "cma.lr", "future.key")] == \
+        ["00", "01", "01", "04", "05", "03", "00"]
+    assert stale_finished_notebooks(["run.kfold: 0 -> 5"], ["00", "01", "04", "05"], ["04"]) == ["05"]
+    assert stale_finished_notebooks([], ["00"], []) == []
