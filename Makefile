@@ -8,6 +8,11 @@ PARAMS ?= params/default.yaml
 
 .PHONY: demo test test-browser venv clean-venv lint findings
 
+# what JupyterLab adds to a notebook it saves, besides outputs, counts and cell ids (which
+# nbstripout strips anyway): the commit filter and `make lint` strip these too, so a template
+# opened and saved in JupyterLab stays unchanged in git
+NBSTRIPOUT_KEYS = metadata.language_info metadata.vscode cell.metadata.jupyter cell.metadata.trusted cell.metadata.execution
+
 venv: $(STAMP)
 
 # torch is installed first and pinned, so pip never resolves an unpinned (CUDA) build.
@@ -17,6 +22,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e ".[dev]"
 	$(BIN)/nbstripout --install --attributes .gitattributes || true
+	git config filter.nbstripout.extrakeys "$(NBSTRIPOUT_KEYS)" || true
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -46,7 +52,7 @@ test-browser: $(BROWSER_STAMP)
 # notebooks, benchmarks and tests; the notebook templates must hold no outputs
 lint: $(STAMP)
 	$(BIN)/ruff check dasd_lib notebooks benchmarks tests
-	$(BIN)/nbstripout --verify notebooks/*.ipynb
+	$(BIN)/nbstripout --verify --extra-keys "$(NBSTRIPOUT_KEYS)" notebooks/*.ipynb
 
 clean-venv:
 	rm -rf $(VENV)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import os
+import json
 import re
 import shutil
 import subprocess
@@ -174,6 +175,50 @@ def test_notebook_check_catches_each_problem():
 def test_notebooks_are_stripped_on_commit():
     attributes = (ROOT / ".gitattributes").read_text()
     assert re.search(r"^\*\.ipynb\s+.*filter=nbstripout", attributes, re.M)
+
+
+def _jupyterlab_save(template: dict) -> dict:
+    """`template` as JupyterLab 4 saves it after Run All: outputs, counts, random cell ids,
+    the kernel's language_info and cell metadata of collapsed outputs and timings."""
+    import copy
+    import uuid
+    nb = copy.deepcopy(template)
+    nb["metadata"]["kernelspec"] = {"display_name": "Python 3 (ipykernel)", "language": "python",
+                                    "name": "python3"}
+    nb["metadata"]["language_info"] = {
+        "codemirror_mode": {"name": "ipython", "version": 3}, "file_extension": ".py",
+        "mimetype": "text/x-python", "name": "python", "nbconvert_exporter": "python",
+        "pygments_lexer": "ipython3", "version": "3.11.2"}
+    nb["metadata"]["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}}}
+    for i, cell in enumerate(nb["cells"]):
+        cell["id"] = str(uuid.uuid4())
+        if cell["cell_type"] == "code":
+            cell["execution_count"] = i + 1
+            cell["outputs"] = [{"name": "stdout", "output_type": "stream", "text": ["x\n"]}]
+            cell["metadata"]["jupyter"] = {"outputs_hidden": False}
+            cell["metadata"]["execution"] = {"iopub.status.busy": "2026-12-03T10:00:00Z"}
+            cell["metadata"]["scrolled"] = True
+            cell["metadata"]["trusted"] = True
+    return nb
+
+
+def test_a_template_saved_in_jupyterlab_is_unchanged_after_the_commit_filter(tmp_path):
+    """nbstripout with the Makefile's NBSTRIPOUT_KEYS (the commit filter's extrakeys and
+    `make lint`'s) turns a JupyterLab-saved notebook back into its template, byte for byte."""
+    import sys
+    keys = re.search(r"^NBSTRIPOUT_KEYS = (.+)$", (ROOT / "Makefile").read_text(), re.M).group(1)
+    strip = [sys.executable, "-m", "nbstripout", "--extra-keys", keys]
+    templates = sorted((ROOT / "notebooks").glob("*.ipynb"))
+    saved = [tmp_path / t.name for t in templates]
+    for template, path in zip(templates, saved):
+        path.write_text(json.dumps(_jupyterlab_save(json.loads(template.read_text())), indent=1))
+    # one process per check: nbstripout's start-up is most of the cost
+    assert subprocess.run([*strip, "--verify", *map(str, saved[:1])], capture_output=True).returncode != 0
+    subprocess.run([*strip, *map(str, saved)], check=True)
+    for template, path in zip(templates, saved):
+        assert path.read_text() == template.read_text(), template.name
+    # and the templates themselves pass `make lint`'s check
+    assert subprocess.run([*strip, "--verify", *map(str, templates)], capture_output=True).returncode == 0
 
 
 # ----------------------------------------------------------------------------- config
