@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .config import SOURCE_LANG, TARGET_LANGS
-from .metrics import t_halfwidth
+from .metrics import chance_sumr, t_halfwidth
 from .storage import atomic_write
 
 METRICS = ["i2t_R1", "i2t_R5", "i2t_R10", "t2i_R1", "t2i_R5", "t2i_R10", "SumR", "AR"]
@@ -149,7 +149,21 @@ def _seed_note(df: pd.DataFrame) -> str:
     spread = (f"mean ± std [95 % t-interval of the mean] over {n} seeds" if n > 1
               else "1 seed")
     return (f"SumR (sum of R@1/5/10 both ways, max 600) per language; `{AVG_COLUMN}` is the "
-            f"mean over target languages; {spread}.")
+            f"mean over target languages; {spread}.{_chance_note(df)}")
+
+
+def _chance_note(df: pd.DataFrame) -> str:
+    """' A random ranking scores SumR X here (...)': toy-sized runs look like results otherwise."""
+    if not {"n_images", "n_captions"} <= set(df.columns) or df.empty:
+        return ""
+    sizes = df[["n_images", "n_captions"]].dropna().drop_duplicates()
+    if sizes.empty:
+        return ""
+    chances = [chance_sumr(int(n), max(1, round(c / max(1, n)))) for n, c in sizes.itertuples(index=False)]
+    low, high = min(chances), max(chances)
+    images = "-".join(str(int(v)) for v in sorted({sizes.n_images.min(), sizes.n_images.max()}))
+    value = f"{low:.1f}" if round(low, 1) == round(high, 1) else f"{low:.1f} to {high:.1f}"
+    return f" Chance level: a random ranking scores SumR {value} here ({images} test images)."
 
 
 # ----------------------------------------------------------------------------- differences

@@ -4,6 +4,7 @@ report, results table, probes, figures. One run per module (about a minute or tw
 from __future__ import annotations
 
 import json
+import re
 
 import nbformat
 import pandas as pd
@@ -167,3 +168,18 @@ def test_relative_paths_mean_the_project_root_wherever_the_kernel_runs(tmp_path)
     assert outside == []
     assert (project / "dataset" / "smoke" / "meta.json").is_file() and (run / "params.yaml").is_file()
     assert not (run / "notebooks" / "dataset").exists() and not (project / "notebooks" / "dataset").exists()
+
+
+def test_notebook_00_shows_every_languages_sample_captions(smoke_run_dir):
+    run_dir, params = smoke_run_dir
+    nb = nbformat.read(run_dir / "notebooks" / "00_prepare_data.ipynb", as_version=4)
+    cell = next(c for c in nb.cells if "display(grid.captions)" in c.source)
+    html = "".join(o["data"]["text/html"] for o in cell.outputs if "text/html" in o.get("data", {}))
+    cells = set(re.findall(r"<td>([^<]*)</td>", html))
+    assert "..." not in cells  # pandas' elision of middle rows
+    assert set(params.data.langs) | {"en"} <= cells
+
+
+def test_results_md_states_the_chance_level(smoke_run_dir):
+    run_dir, _ = smoke_run_dir
+    assert "Chance level: a random ranking scores SumR" in (run_dir / "results.md").read_text()

@@ -206,3 +206,14 @@ def test_eval_split_picks_the_rows_and_is_named_in_the_tables(tmp_path):
     assert "Evaluated on the" not in results_markdown(rows.assign(split="test"))
     comparisons = pd.DataFrame([{"n_boot": 10, "n_images": 24, "split": "val"}])
     assert "the full val split" in differences_note(comparisons)
+
+
+def test_results_state_the_chance_level():
+    """10 images, 1 caption each: R@1/5/10 = 10/50/100 both ways, so chance SumR = 320."""
+    df = results_frame({("dasd", "de", 0): 400.0}).assign(n_images=10, n_captions=10)
+    assert "Chance level: a random ranking scores SumR 320.0 here (10 test images)." in results_markdown(df)
+    # two test sizes: the range of both
+    from dasd_lib.metrics import chance_sumr
+    two = pd.concat([df, df.assign(lang="zh", n_images=100, n_captions=100)])
+    assert (f"SumR {chance_sumr(100, 1):.1f} to 320.0 here (10-100 test images)"
+            in results_markdown(two))
