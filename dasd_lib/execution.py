@@ -26,6 +26,9 @@ from filelock import FileLock, Timeout
 from .report_html import REPORT_FILE, stale_report_inputs, write_report
 from .storage import PROGRESS_ENV, atomic_write, read_progress
 
+# the runner's pid, for its kernels: bind_kernel_to_runner makes a kernel die with it
+RUNNER_ENV = "DASD_RUNNER_PID"
+
 KERNEL_NAME = "python3"
 NOTEBOOK_RE = re.compile(r"^(\d{2})_[\w.-]+\.ipynb$")
 # notebooks that compare several run folders (dasd-sweep runs them on a sweep folder):
@@ -193,8 +196,9 @@ def heartbeat(label: str, progress_file: Path, every_s: float = 30.0):
     prints nothing (the progress file is still written)."""
     progress_file = Path(progress_file)
     progress_file.unlink(missing_ok=True)  # the last notebook's progress is not this one's
-    before = os.environ.get(PROGRESS_ENV)
+    before = {k: os.environ.get(k) for k in (PROGRESS_ENV, RUNNER_ENV)}
     os.environ[PROGRESS_ENV] = str(progress_file)
+    os.environ[RUNNER_ENV] = str(os.getpid())
     stop = threading.Event()
     t0 = time.monotonic()
 
@@ -214,10 +218,11 @@ def heartbeat(label: str, progress_file: Path, every_s: float = 30.0):
         stop.set()
         if thread.is_alive():
             thread.join(timeout=5)
-        if before is None:
-            os.environ.pop(PROGRESS_ENV, None)
-        else:
-            os.environ[PROGRESS_ENV] = before
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
         progress_file.unlink(missing_ok=True)
 
 
@@ -269,6 +274,7 @@ class RunLock:
         self.path = Path(run_dir) / ".lock"
         self.owner_path = Path(run_dir) / ".lock.json"
         self._lock = FileLock(self.path, timeout=0, thread_local=False, is_singleton=False)
+        self.reclaimed_from: dict[str, Any] | None = None  # set by acquire
 
     @property
     def held(self) -> bool:
@@ -279,6 +285,8 @@ class RunLock:
             self._lock.acquire()
         except Timeout:
             raise RunLockedError(self._held_message(self._owner())) from None
+        # a name left behind by a holder that no longer holds the flock: it was killed
+        self.reclaimed_from = self._owner() or None
         atomic_write(self.owner_path, json.dumps(
             {"pid": os.getpid(), "host": socket.gethostname(), "started": _now(),
              "command": command}))
@@ -323,6 +331,24 @@ class RunLock:
 
 
 # ----------------------------------------------------------------------------- in notebook kernels
+
+def bind_kernel_to_runner() -> bool:
+    """In a kernel dasd-run started: ask Linux to SIGKILL this process the moment the runner
+    dies (prctl PR_SET_PDEATHSIG), so a killed runner leaves no kernel writing on into its
+    run folder (ipykernel's own parent poller takes up to a second). Whether it was bound;
+    a no-op outside dasd-run, off Linux, or when the parent is not the runner."""
+    runner = os.environ.get(RUNNER_ENV, "")
+    if not runner.isdigit() or not sys.platform.startswith("linux") or os.getppid() != int(runner):
+        return False
+    import ctypes
+    import signal
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(1, int(signal.SIGKILL), 0, 0, 0) != 0:  # 1 = PR_SET_PDEATHSIG
+        return False
+    if os.getppid() != int(runner):  # the runner died before the call: follow it now
+        os._exit(1)
+    return True
+
 
 # the post_run_cell callback keep_report_fresh registered, per IPython shell
 _REPORT_HOOKS: dict[int, Any] = {}

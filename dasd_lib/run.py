@@ -42,7 +42,8 @@ from .config import (INTERACTIVE_ID, RUN_NAMING_KEYS, ConfigError, Params,  # no
                      canonical_stage, find_project_root, load_params, save_params, seeds_used)
 from .execution import (COMPARE_NOTEBOOK, CROSS_RUN_NOTEBOOKS, KERNEL_NAME, NOTEBOOK_RE,  # noqa: F401
                         PACKAGES, NotebookFailed, RunError, RunExistsError, RunLock,
-                        RunLockedError, _now, collect_env, execute_notebook, find_compare_notebook,
+                        RunLockedError, _now, bind_kernel_to_runner, collect_env, execute_notebook,
+                        find_compare_notebook,
                         find_notebooks, heartbeat, keep_report_fresh, select_notebooks)
 from .official import IMPORTED_SKIPS
 from .report_html import REPORT_FILE, write_report
@@ -180,6 +181,33 @@ def _run_status(run_dir: Path) -> str | None:
     return "unknown" if (run_dir / "params.yaml").is_file() else None
 
 
+def _found_after_a_kill(run_dir: Path, lock: RunLock) -> list[str]:
+    """What a runner that was killed (SIGKILL, power loss) left in `run_dir`, now that this
+    one holds its lock: the holder's name in .lock.json, and timings.json still saying
+    "running". The latter is rewritten to "interrupted" (no runner is in the folder, so none
+    is running). Each finding is printed and returned, for run.log."""
+    found = []
+    if (owner := lock.reclaimed_from) is not None:
+        found.append(f"reclaimed the lock left by pid {owner.get('pid')} on {owner.get('host')} "
+                     f"(started {owner.get('started')}), which no longer runs")
+    try:
+        timings = json.loads((run_dir / "timings.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        timings = None
+    if isinstance(timings, dict) and timings.get("status") == "running":
+        books = timings.get("notebooks", {})
+        cut = [n for n, e in books.items() if isinstance(e, dict) and e.get("status") == "running"]
+        for name in cut:
+            books[name]["status"] = "interrupted"
+        timings.update(status="interrupted", finished=None)
+        atomic_write(run_dir / "timings.json", json.dumps(timings, indent=2) + "\n")
+        found.append("the previous run ended without a word (killed?) while "
+                     f"{', '.join(cut) or 'no notebook'} ran; marked interrupted in timings.json")
+    for line in found:
+        print(f"dasd-run: {line}", flush=True)
+    return found
+
+
 def default_run_id(params_path: str | Path) -> str:
     """20261128-073512-default: local time, then the parameter file's stem."""
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{Path(params_path).stem}"
@@ -250,6 +278,7 @@ def run_notebooks(params_path: str | Path, run_id: str | None = None,
 
     lock = RunLock(run_dir).acquire(command_line)  # RunLockedError: another run is in there
     try:
+        found = _found_after_a_kill(run_dir, lock)
         status = _run_status(run_dir)
         if status is not None and not resume:
             raise RunExistsError(
@@ -281,6 +310,8 @@ def run_notebooks(params_path: str | Path, run_id: str | None = None,
             (run_dir / sub).mkdir(exist_ok=True)
 
         records = _Records(run_dir, run_id, resume)
+        for line in found:
+            records.log(line)
         records.log(f"start run {run_id}: {command_line} ({len(notebooks)} notebooks"
                     f"{', resumed' if status is not None else ''})")
         if restart:
@@ -374,6 +405,7 @@ def prepare_run(params_file: str | Path, run_dir: str | Path,
     In a kernel it also registers keep_report_fresh: a cell that changes what the folder's
     report.html shows rewrites the report.
     """
+    bind_kernel_to_runner()  # under dasd-run: this kernel dies with the runner
     overrides = list(overrides or [])
     root = find_project_root()
     source = _notebook_path(params_file, root) if str(params_file) else None

@@ -882,3 +882,77 @@ def test_two_dasd_run_processes_with_one_run_id(tmp_path):
     assert (run / "done.txt").read_text() == "3"
     assert json.loads((run / "timings.json").read_text())["status"] == "completed"
     assert not (run / ".lock.json").exists()  # the lock was released with its owner record
+
+
+TICK_CELL = textwrap.dedent("""\
+    import os, time
+    (run / "kernel.pid").write_text(str(os.getpid()))
+    if (run / "resumed").exists():
+        (run / "done.txt").write_text("1")
+    else:
+        for i in range(2400):  # about two minutes of writes, unless killed
+            (run / "ticks.txt").write_text(str(i))
+            time.sleep(0.05)
+""")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has stopped; nobody may have reaped it yet
+
+
+def test_sigkill_of_the_runner_stops_its_kernel_and_resume_says_what_it_found(tmp_path):
+    (tmp_path / "params").mkdir()
+    (tmp_path / "params" / "p.yaml").write_text("cla: {steps: 3}\n")
+    (tmp_path / "notebooks").mkdir()
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell('params_file = ""\nrun_dir = ""\noverrides = []',
+                                          metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell("from dasd_lib.run import prepare_run\n"
+                                          "params, run = prepare_run(params_file, run_dir, overrides)"),
+                nbformat.v4.new_code_cell(TICK_CELL)]
+    nbformat.write(nb, tmp_path / "notebooks" / "00_tick.ipynb")
+    exe = Path(sys.executable).with_name("dasd-run")
+    cmd = [str(exe), "--params", str(tmp_path / "params" / "p.yaml"), "--notebooks-dir",
+           str(tmp_path / "notebooks"), "--reports-dir", str(tmp_path / "reports"), "--run-id", "k"]
+    run = tmp_path / "reports" / "k"
+    with open(tmp_path / "runner.log", "w") as log_handle:
+        runner = subprocess.Popen(cmd, cwd=tmp_path, stdout=log_handle, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "ticks.txt").exists():
+            assert runner.poll() is None, (tmp_path / "runner.log").read_text()
+            assert time.monotonic() < deadline, "the notebook never started ticking"
+            time.sleep(0.05)
+        kernel = int((run / "kernel.pid").read_text())
+        os.kill(runner.pid, signal.SIGKILL)
+        runner.wait(timeout=30)
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+            runner.wait()
+    deadline = time.monotonic() + 0.5  # ipykernel's own parent poller would take up to 1 s
+    while _alive(kernel) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not _alive(kernel), "the kernel outlived its runner by more than 0.5 s"
+    ticks = (run / "ticks.txt").read_text()
+    time.sleep(0.3)
+    assert (run / "ticks.txt").read_text() == ticks  # nothing writes into the folder any more
+    # what the killed runner left: its name in .lock.json, timings.json saying "running"
+    assert json.loads((run / "timings.json").read_text())["status"] == "running"
+    assert json.loads((run / ".lock.json").read_text())["pid"] == runner.pid
+    (run / "resumed").write_text("1")
+    resumed = subprocess.run(cmd + ["--resume"], cwd=tmp_path, capture_output=True, text=True,
+                             timeout=180)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"reclaimed the lock left by pid {runner.pid}" in resumed.stdout
+    assert "ended without a word (killed?) while 00_tick.ipynb ran" in resumed.stdout
+    log = (run / "run.log").read_text()
+    assert "reclaimed the lock" in log and "marked interrupted" in log
+    timings = json.loads((run / "timings.json").read_text())
+    assert timings["status"] == "completed" and timings["notebooks"]["00_tick.ipynb"]["status"] == "ok"
+    assert (run / "done.txt").read_text() == "1"
