@@ -132,6 +132,7 @@ def test_release_empty_caption_error_or_skip(release, caplog):
     assert "1 empty caption(s)" in caplog.text and len(t[(t["lang"] == "cs") & (t["split"] == "train")]) == 11
 
 
+@pytest.mark.fault
 def test_release_missing_image_error_or_skip(release, caplog):
     path_json, root = release
     (root / "images" / "test_00003.png").unlink()
@@ -206,6 +207,7 @@ def test_manifest_errors_name_file_and_line(tmp_path, corpus, caplog):
 
 
 # ---------------------------------------------------------------- images and dispatch
+@pytest.mark.fault
 def test_load_images_resizes_and_reports_bad_files(corpus, tmp_path, caplog):
     _, table = corpus
     paths = list(table["image_path"].unique()[:3])

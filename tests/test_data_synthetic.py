@@ -51,6 +51,7 @@ def test_reuses_matching_corpus_and_regenerates_on_change(tmp_path):
     assert (out / "images" / "val_00000.png").is_file()
 
 
+@pytest.mark.fault
 def test_refuses_to_overwrite_a_foreign_folder(tmp_path):
     (tmp_path / "small").mkdir()
     (tmp_path / "small" / "mine.txt").write_text("user data")
@@ -246,6 +247,7 @@ print(generate_corpus(cfg))
 """
 
 
+@pytest.mark.fault
 def test_two_processes_generating_one_corpus_both_succeed_with_identical_files(tmp_path):
     import subprocess
     import sys

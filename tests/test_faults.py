@@ -38,6 +38,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from conftest import ROOT, smoke_params
+
+pytestmark = pytest.mark.fault  # every test here is a row of docs/reliability.md
 from dasd_lib import train as T
 from dasd_lib.backbones import BackboneError, load_backbone, read_mbert_embeddings
 from dasd_lib.checkpoint import CheckpointError, from_pretrained, load_state, save_state
@@ -883,6 +885,8 @@ def test_two_dasd_run_processes_with_one_run_id(tmp_path):
     assert json.loads((run / "timings.json").read_text())["status"] == "completed"
     assert not (run / ".lock.json").exists()  # the lock was released with its owner record
 
+
+# ============================================================================ 8. killed runner
 
 TICK_CELL = textwrap.dedent("""\
     import os, time

@@ -67,6 +67,7 @@ def _data(params, run_dir, backbone=None):
     return backbone, T.make_target_data(backbone, rows, feats, with_images=True)
 
 
+@pytest.mark.fault
 def test_finished_stage_with_other_parameters_is_refused(smoke_run, tmp_path):
     params, run_dir = smoke_run
     backbone, data = _data(params, run_dir)
@@ -105,6 +106,7 @@ def test_rebuilt_backbone_does_not_take_old_target_models(smoke_run, tmp_path):
         T.train_target_stage(backbone=new_backbone, data=new_data, **kw)
 
 
+@pytest.mark.fault
 def test_swapped_method_folders_and_changed_parameters_are_refused_at_evaluation(tmp_path):
     params = smoke_params(tmp_path, "run.settings=[finetune]",
                           "run.methods={finetune: [static, dasd]}")

@@ -358,3 +358,12 @@ def test_generated_contents_are_git_ignored():
         rules = (ROOT / ".gitignore").read_text().split()
         assert {"/reports/*", "!/reports/README.md", "/dataset/*", "!/dataset/README.md"} <= set(rules)
     assert (ROOT / "reports" / "README.md").is_file()
+
+
+def test_the_fault_table_is_current():
+    """docs/reliability.md lists exactly the tests marked `fault`; regenerate it with
+    `python tests/fault_table.py` after adding or renaming one."""
+    from fault_table import OUT, fault_tests, render
+    rows = fault_tests()
+    assert len(rows) >= 40 and any(r["file"] == "test_faults.py" for r in rows)
+    assert OUT.read_text(encoding="utf-8") == render(rows), "run: python tests/fault_table.py"

@@ -177,6 +177,7 @@ def test_i2t_protocol_is_checked_when_parameters_load():
     ("data.n_test=0", "data.n_test is 0; the downstream corpus is what every method is tested on"),
     ("model.backbone=clip", "model.backbone is 'clip', not one of tiny, hf"),
 ])
+@pytest.mark.fault
 def test_bad_values_stop_when_parameters_load(override, message):
     from dasd_lib.config import ConfigError, load_params
     with pytest.raises(ConfigError, match=message):
@@ -198,6 +199,7 @@ def test_real_data_languages_are_not_limited_to_the_synthetic_five():
     (["model.backbone=hf", "model.clip_path=/nowhere/clip"], "model.clip_path: /nowhere/clip does not exist"),
     (["run.imported=/nowhere/imp", "run.methods={finetune: [dasd]}", "run.settings=[finetune]"], "run.imported: /nowhere/imp is not a folder"),
 ])
+@pytest.mark.fault
 def test_missing_inputs_stop_before_notebook_00(tmp_path, overrides, message):
     from dasd_lib.config import ConfigError, load_params
     from dasd_lib.pipeline import check_run
@@ -212,6 +214,7 @@ def test_missing_inputs_stop_before_notebook_00(tmp_path, overrides, message):
     check_run(load_params(None, ["data.source=release", f"data.path={existing}"]))
 
 
+@pytest.mark.fault
 def test_unknown_method_names_stop_before_a_run_starts(tmp_path):
     from dasd_lib.config import ConfigError, load_params
     from dasd_lib.pipeline import check_methods

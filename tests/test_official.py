@@ -323,6 +323,7 @@ def try_import(tmp_path, state, **kw):
                            clip_tokenizer=tmp_path / "clip_tok", **kw)
 
 
+@pytest.mark.fault
 def test_missing_and_unexpected_keys_are_named(tmp_path):
     state = released_state()
     del state["transformer.resblocks.2.mlp_zi.c_fc1.bias"]
@@ -345,6 +346,7 @@ def test_a_shape_that_does_not_fit_is_named(tmp_path):
         try_import(tmp_path, state, langs=["de"])
 
 
+@pytest.mark.fault
 def test_static_acquirer_and_non_dasd_checkpoints_are_refused(tmp_path):
     state = released_state()
     mla = {k: v for k, v in state.items() if "mlp_zi" not in k and "zi_adapter" not in k
@@ -360,6 +362,7 @@ def test_static_acquirer_and_non_dasd_checkpoints_are_refused(tmp_path):
         try_import(tmp_path, state, langs=["cs"])
 
 
+@pytest.mark.fault
 def test_pickled_objects_and_wrong_tokenizers_are_refused(tmp_path):
     torch.save({"args": argparse.Namespace(lr=1)}, tmp_path / "pytorch_model.bin.1")
     with pytest.raises(OfficialImportError, match="refused: the pickle holds objects other than tensors"):

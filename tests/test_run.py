@@ -91,6 +91,7 @@ def test_log_output_shows_the_cells_output(project, capfd):
     assert "hello from the cell" in capfd.readouterr().err
 
 
+@pytest.mark.fault
 def test_real_papermill_run_stops_at_failing_cell(project, capsys):
     rc = main(args(project, "--run-id", "r1", "--only", "00,02,03", "-p", "cla.steps=7"))
     err = capsys.readouterr().err
@@ -164,6 +165,7 @@ def test_existing_run_needs_resume_with_same_params(project, calls, capsys):
     assert len(json.loads((run / "env.json").read_text())["previous"]) == 1
 
 
+@pytest.mark.fault
 def test_bad_params_fail_before_anything_runs(project, calls, capsys):
     assert main(args(project, "-p", "cla.stpes=5")) == 2
     err = capsys.readouterr().err
@@ -192,6 +194,7 @@ HOLDER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.fault
 def test_concurrent_run_with_same_id_is_refused_until_holder_dies(project, calls, capsys):
     run = project / "reports" / "same"
     run.mkdir(parents=True)
@@ -215,6 +218,7 @@ def test_concurrent_run_with_same_id_is_refused_until_holder_dies(project, calls
     assert RunLock(run).acquire().held  # released: the next run takes it at once
 
 
+@pytest.mark.fault
 def test_lock_race_has_one_winner(tmp_path):
     barrier = threading.Barrier(8)
     won, lost, errors = [], [], []
@@ -239,6 +243,7 @@ def test_lock_race_has_one_winner(tmp_path):
     assert not (tmp_path / ".lock.json").exists() and RunLock(tmp_path).acquire().held
 
 
+@pytest.mark.fault
 def test_a_leftover_or_empty_lock_file_does_not_block(tmp_path):
     (tmp_path / ".lock").write_bytes(b"")  # e.g. a full disk or a crash left it behind
     (tmp_path / ".lock.json").write_text(json.dumps({"pid": 1, "host": "elsewhere"}))
@@ -304,6 +309,7 @@ def test_restart_stage_allows_changed_params_and_restarts_later_stages(project, 
     assert "unknown stage 'clx'" in capsys.readouterr().err
 
 
+@pytest.mark.fault
 def test_failure_hint_lists_the_remaining_notebooks(project, calls, monkeypatch, capsys):
     def failing(src, dst, *, parameters, cwd, log_output=False, progress=False):
         if src.name.startswith("02"):
@@ -319,6 +325,7 @@ def test_failure_hint_lists_the_remaining_notebooks(project, calls, monkeypatch,
     assert json.loads((project / "reports" / "y" / "timings.json").read_text())["status"] == "completed"
 
 
+@pytest.mark.fault
 @pytest.mark.parametrize("where", ["notebook", "timings"])
 def test_a_full_disk_is_one_line_and_resume_finishes_the_run(project, calls, monkeypatch, capsys, where):
     """ENOSPC in papermill's write of notebook 01, or in the runner's own timings.json
@@ -360,6 +367,7 @@ def test_a_full_disk_is_one_line_and_resume_finishes_the_run(project, calls, mon
         "00_write.ipynb": "ok", "01_second.ipynb": "ok", "02_fail.ipynb": "ok", "03_after.ipynb": "ok"}
 
 
+@pytest.mark.fault
 def test_train_command_refuses_a_run_folder_in_use(tmp_path, capsys):
     from dasd_lib.run import train_main
     from conftest import SMOKE
@@ -496,6 +504,7 @@ def test_heartbeat_reads_progress_a_real_kernel_reports(project, capsys):
 
 # ----------------------------------------------------------------------------- resume with changes
 
+@pytest.mark.fault
 def test_resume_may_change_parameters_only_unfinished_notebooks_read(project, monkeypatch, capsys):
     """02 fails; a resume changing cla.* (first read by 02, unfinished) is allowed and logged;
     once 02 has finished, changing cla.* again is refused unless 02 is re-executed too."""

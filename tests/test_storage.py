@@ -19,6 +19,7 @@ def _full_disk(*_args, **_kw):
     lambda p: storage.atomic_write(p, "new text"),
     lambda p: storage.atomic_csv(pd.DataFrame({"a": [1, 2]}), p),
 ])
+@pytest.mark.fault
 def test_a_failed_write_keeps_the_old_file_and_leaves_nothing(tmp_path, monkeypatch, write):
     target = tmp_path / "results.csv"
     target.write_text("old")
