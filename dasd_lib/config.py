@@ -292,21 +292,64 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), yaml.safe_load(value)
 
 
+def read_param_file(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A parameter file's values. `base: other.yaml` (relative to the file's folder) starts
+    from that file's values: each section's keys are taken from the base unless this file
+    sets them (a key's value is replaced whole, as an override replaces it)."""
+    if not path.is_file():
+        raise ConfigError(f"parameter file {path} does not exist; pick one of params/*.yaml"
+                          + (f" (the base of {_seen[-1]})" if _seen else ""))
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from err
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(values).__name__}")
+    base = values.pop("base", None)
+    if base is None:
+        return values
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{path}: base must name a parameter file, got {base!r}")
+    base_path = (path.parent / base).resolve()
+    if base_path in (*_seen, path.resolve()):
+        raise ConfigError(f"{path}: base {base} leads back to itself")
+    merged = read_param_file(base_path, (*_seen, path.resolve()))
+    for section, keys in values.items():
+        if isinstance(keys, dict) and isinstance(merged.get(section), dict):
+            merged[section] = {**merged[section], **keys}
+        else:
+            merged[section] = keys
+    return merged
+
+
+# stage keys that only the target stages (cla, cma) read: set for vlp, they would mean nothing
+TARGET_STAGE_KEYS = {"lambda_sc": "semantic-consistency term", "lambda_adv": "adversarial term",
+                     "lambda_mse": "distillation term", "disc_lr": "discriminator"}
+
+
+def check_section_keys(values: Any, where: str) -> None:
+    """Refuse keys that exist in a section's dataclass but not for this part: the VLP
+    stage has no SDM, discriminator or distillation term. The dataclass default passes (a
+    run's params.yaml lists every key)."""
+    vlp = values.get("vlp") if isinstance(values, dict) else None
+    for key, value in vlp.items() if isinstance(vlp, dict) else ():
+        if key in TARGET_STAGE_KEYS and value != getattr(StageConfig(), key):
+            raise ConfigError(f"{where}: vlp.{key} means nothing (the English VLP stage has no "
+                              f"{TARGET_STAGE_KEYS[key]}); set cla.{key} or cma.{key}")
+
+
 def load_params(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> Params:
     """Load a parameter file; apply overrides ('section.key=value' strings or a nested dict)."""
     values: dict[str, Any] = {}
     where = "defaults"
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"parameter file {path} does not exist; pick one of params/*.yaml")
-        try:
-            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML ({err})") from err
+        values = read_param_file(path)
         where = str(path)
+    check_section_keys(values, where)
     params = build_dataclass(Params, values, where)
     if isinstance(overrides, dict):
+        check_section_keys(overrides, "overrides")
         params = build_dataclass(Params, overrides, "overrides", params)
     else:
         for text in overrides or []:
@@ -314,6 +357,7 @@ def load_params(path: str | Path | None = None, overrides: list[str] | dict | No
             nested: Any = value
             for k in reversed(keys):
                 nested = {k: nested}
+            check_section_keys(nested, f"override '{text}'")
             params = build_dataclass(Params, nested, f"override '{text}'", params)
     check_choices(params, where)
     root = (find_project_root(path.parent) if path is not None else None) or find_project_root()

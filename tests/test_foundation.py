@@ -367,3 +367,31 @@ def test_the_fault_table_is_current():
     rows = fault_tests()
     assert len(rows) >= 40 and any(r["file"] == "test_faults.py" for r in rows)
     assert OUT.read_text(encoding="utf-8") == render(rows), "run: python tests/fault_table.py"
+
+
+def test_a_parameter_file_can_start_from_a_base(tmp_path):
+    (tmp_path / "base.yaml").write_text("cla: {steps: 7, lr: 0.5}\nrun: {methods: {finetune: [dasd], zeroshot: [static]}}\n")
+    (tmp_path / "child.yaml").write_text("base: base.yaml\ncla: {steps: 9}\nrun: {methods: {finetune: [static]}}\n")
+    params = load_params(tmp_path / "child.yaml")
+    # keys merge within a section; a key's value (here run.methods) is replaced whole
+    assert (params.cla.steps, params.cla.lr) == (9, 0.5)
+    assert params.run.methods == {"finetune": ["static"]}
+    (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
+    with pytest.raises(ConfigError, match="leads back to itself"):
+        load_params(tmp_path / "loop.yaml")
+    (tmp_path / "orphan.yaml").write_text("base: gone.yaml\n")
+    with pytest.raises(ConfigError, match=r"gone.yaml does not exist.*the base of .*orphan.yaml"):
+        load_params(tmp_path / "orphan.yaml")
+    # the shipped files that use it hold only what differs from default.yaml
+    default = load_params(ROOT / "params" / "default.yaml")
+    full = load_params(ROOT / "params" / "full.yaml")
+    assert full.model == default.model and full.cla.lr == default.cla.lr and full.cla.steps == 600
+
+
+def test_a_key_in_a_part_that_does_not_read_it_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"vlp.lambda_adv means nothing .*adversarial term.*cla.lambda_adv"):
+        load_params(None, ["vlp.lambda_adv=0.1"])
+    (tmp_path / "p.yaml").write_text("vlp: {disc_lr: 0.1}\n")
+    with pytest.raises(ConfigError, match=rf"{tmp_path / 'p.yaml'}: vlp.disc_lr means nothing"):
+        load_params(tmp_path / "p.yaml")
+    assert load_params(None, ["cla.lambda_adv=0.1"]).cla.lambda_adv == 0.1
