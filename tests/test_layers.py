@@ -22,7 +22,7 @@ LAYERS = [
     ["plots"],
     ["explorer"],
     ["disentangle", "compare", "findings"],
-    ["execution"],
+    ["execution", "run_state"],
     ["run", "sweep"],
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}

@@ -331,7 +331,8 @@ def test_a_full_disk_is_one_line_and_resume_finishes_the_run(project, calls, mon
     """ENOSPC in papermill's write of notebook 01, or in the runner's own timings.json
     write after 01: one line naming the path, the lock released, the run marked failed
     (when the disk lets the record be written), and --resume completes it."""
-    real_execute, real_write = runner.execute_notebook, runner.atomic_write
+    from dasd_lib import run_state  # writes run.log and timings.json
+    real_execute, real_write = runner.execute_notebook, run_state.atomic_write
     full = errno.ENOSPC, "No space left on device"
 
     def execute(src, dst, **kw):
@@ -348,7 +349,7 @@ def test_a_full_disk_is_one_line_and_resume_finishes_the_run(project, calls, mon
     if where == "notebook":
         monkeypatch.setattr(runner, "execute_notebook", execute)
     else:
-        monkeypatch.setattr(runner, "atomic_write", write)
+        monkeypatch.setattr(run_state, "atomic_write", write)
     assert main(args(project, "--run-id", "full")) == 3
     err = capsys.readouterr().err.strip().splitlines()
     run = project / "reports" / "full"
@@ -359,7 +360,7 @@ def test_a_full_disk_is_one_line_and_resume_finishes_the_run(project, calls, mon
     timings = json.loads((run / "timings.json").read_text())
     assert timings["status"] == ("failed" if where == "notebook" else "running")
     monkeypatch.setattr(runner, "execute_notebook", real_execute)
-    monkeypatch.setattr(runner, "atomic_write", real_write)
+    monkeypatch.setattr(run_state, "atomic_write", real_write)
     assert main(args(project, "--run-id", "full", "--resume")) == 0
     timings = json.loads((run / "timings.json").read_text())
     assert timings["status"] == "completed"
