@@ -75,26 +75,6 @@ def _train(params, run_dir, out, stage="cla", data=None, method="dasd", **kw):
                                 backbone=backbone, data=data, out_dir=out, **kw)
 
 
-def _interrupt(params, run_dir, out, die_at):
-    """Train until step `die_at` raises (as a kill would), leaving the checkpoints before it."""
-    real = T.run_loop
-
-    def dying_loop(task, cfg, **kw):
-        inner = task.step_fn
-
-        def step_fn(step):
-            if step == die_at:
-                raise KeyboardInterrupt("simulated kill")
-            return inner(step)
-        task.step_fn = step_fn
-        return real(task, cfg, **kw)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(T, "run_loop", dying_loop)
-        with pytest.raises(KeyboardInterrupt):
-            _train(params, run_dir, out)
-
-
 def _tensors(folder: Path) -> dict[str, torch.Tensor]:
     return load_state(folder)[0]
 
@@ -185,6 +165,20 @@ def _kill_when_hanging(args: list[str], flag: Path, must_exist: Path, timeout: f
     flag.unlink()
 
 
+@pytest.fixture(scope="module")
+def killed_after_step_4(smoke_run, tmp_path_factory):
+    """The folder a real training process (6 CLA steps, checkpoint every 2) leaves when it
+    is SIGKILLed right after its step-4 checkpoint: step-2, step-4, no final model."""
+    _, run_dir = smoke_run
+    tmp = tmp_path_factory.mktemp("killed")
+    out, flag = tmp / "cla", tmp / "hanging"
+    _kill_when_hanging(["--tmp", str(run_dir.parents[1]), "--run-dir", str(run_dir), "--out", str(out),
+                        "--cache", str(tmp / "cache"), "--steps", "6", "--every", "2",
+                        "--signal", str(flag), "--hang", "after-checkpoint", "--hang-step", "4"],
+                       flag, out / "step-0000004")
+    return out
+
+
 def _check_all_steps_load(out: Path) -> None:
     for name in _step_dirs(out):
         tensors, meta = load_state(out / name)  # sha256 checked
@@ -272,11 +266,11 @@ def test_corrupt_state_file_is_detected_naming_it(tmp_path, target, kind, says):
 
 
 @pytest.mark.parametrize("which", ["newest", "all"])
-def test_resume_skips_corrupt_checkpoints(reference, tmp_path, caplog, which):
+def test_resume_skips_corrupt_checkpoints(reference, killed_after_step_4, tmp_path, caplog, which):
     params, run_dir, ref = reference
     out = tmp_path / "cla"
-    _interrupt(params, run_dir, out, die_at=5)
-    assert _step_dirs(out) == ["step-0000002", "step-0000004"]
+    shutil.copytree(killed_after_step_4, out)
+    assert _step_dirs(out) == ["step-0000002", "step-0000004"] and not (out / "model").exists()
     _corrupt(out / "step-0000004" / "state.safetensors", "truncate")
     if which == "all":
         _corrupt(out / "step-0000002" / "state.json", "garbage")

@@ -47,9 +47,19 @@ def test_every_notebook_ran(smoke_run_dir):
 def test_report_holds_results_and_probes(smoke_run_dir):
     run_dir, params = smoke_run_dir
     html = (run_dir / "report.html").read_text(encoding="utf-8")
-    assert "SumR" in html
-    for method in params.run.methods["finetune"]:
-        assert method in html
+    # the first results table (finetune, native): a row per method whose cells are the
+    # SumR of results.csv (the page also embeds params.yaml, so names alone prove nothing)
+    table = html[html.index('<table class="dataframe">'):]
+    table = table[:table.index("</table>")]
+    header = re.findall(r"<th>([^<]*)</th>", table)
+    rows = {m: re.findall(r"<td>([^<]*)</td>", body)
+            for m, body in re.findall(r"<tr>\s*<td>([^<]+)</td>(.*?)</tr>", table, re.S)}
+    assert set(rows) == set(params.run.methods["finetune"])
+    results = pd.read_csv(run_dir / "results.csv")
+    native = results[(results.setting == "finetune") & (results.variant == "native")]
+    for (method, lang), part in native.groupby(["method", "lang"]):
+        cell = rows[method][header.index(lang) - 1]
+        assert cell.startswith(f"{part.SumR.mean():.1f}"), (method, lang, cell)
     assert "Disentanglement probes" in html and "style from f_sa" in html
     assert "<td>" in html and "data:image/png;base64" in html  # tables and embedded figures
     assert "In&nbsp;[" not in html and "prepare_run" not in html  # no code cells
