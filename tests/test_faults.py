@@ -837,7 +837,9 @@ WAIT_CELL = textwrap.dedent("""
 """)
 
 
-def test_two_dasd_run_processes_with_one_run_id(tmp_path):
+def _one_notebook_project(tmp_path: Path, name: str, cell: str, run_id: str) -> tuple[list[str], Path]:
+    """tmp_path as a project with one notebook (`cell` after prepare_run): the dasd-run
+    command for it and the run folder."""
     (tmp_path / "params").mkdir()
     (tmp_path / "params" / "p.yaml").write_text("cla: {steps: 3}\n")
     (tmp_path / "notebooks").mkdir()
@@ -847,12 +849,16 @@ def test_two_dasd_run_processes_with_one_run_id(tmp_path):
                                           metadata={"tags": ["parameters"]}),
                 nbformat.v4.new_code_cell("from dasd_lib.run import prepare_run\n"
                                           "params, run = prepare_run(params_file, run_dir, overrides)"),
-                nbformat.v4.new_code_cell(WAIT_CELL)]
-    nbformat.write(nb, tmp_path / "notebooks" / "00_wait.ipynb")
+                nbformat.v4.new_code_cell(cell)]
+    nbformat.write(nb, tmp_path / "notebooks" / name)
     exe = Path(sys.executable).with_name("dasd-run")
     cmd = [str(exe), "--params", str(tmp_path / "params" / "p.yaml"), "--notebooks-dir",
-           str(tmp_path / "notebooks"), "--reports-dir", str(tmp_path / "reports"), "--run-id", "same"]
-    run = tmp_path / "reports" / "same"
+           str(tmp_path / "notebooks"), "--reports-dir", str(tmp_path / "reports"), "--run-id", run_id]
+    return cmd, tmp_path / "reports" / run_id
+
+
+def test_two_dasd_run_processes_with_one_run_id(tmp_path):
+    cmd, run = _one_notebook_project(tmp_path, "00_wait.ipynb", WAIT_CELL, "same")
     log_file = tmp_path / "first.log"
     with open(log_file, "w") as log_handle:
         first = subprocess.Popen(cmd, cwd=tmp_path, stdout=log_handle, stderr=subprocess.STDOUT)
@@ -903,21 +909,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_sigkill_of_the_runner_stops_its_kernel_and_resume_says_what_it_found(tmp_path):
-    (tmp_path / "params").mkdir()
-    (tmp_path / "params" / "p.yaml").write_text("cla: {steps: 3}\n")
-    (tmp_path / "notebooks").mkdir()
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.cells = [nbformat.v4.new_code_cell('params_file = ""\nrun_dir = ""\noverrides = []',
-                                          metadata={"tags": ["parameters"]}),
-                nbformat.v4.new_code_cell("from dasd_lib.run import prepare_run\n"
-                                          "params, run = prepare_run(params_file, run_dir, overrides)"),
-                nbformat.v4.new_code_cell(TICK_CELL)]
-    nbformat.write(nb, tmp_path / "notebooks" / "00_tick.ipynb")
-    exe = Path(sys.executable).with_name("dasd-run")
-    cmd = [str(exe), "--params", str(tmp_path / "params" / "p.yaml"), "--notebooks-dir",
-           str(tmp_path / "notebooks"), "--reports-dir", str(tmp_path / "reports"), "--run-id", "k"]
-    run = tmp_path / "reports" / "k"
+    cmd, run = _one_notebook_project(tmp_path, "00_tick.ipynb", TICK_CELL, "k")
     with open(tmp_path / "runner.log", "w") as log_handle:
         runner = subprocess.Popen(cmd, cwd=tmp_path, stdout=log_handle, stderr=subprocess.STDOUT)
     try:
