@@ -82,14 +82,32 @@ def corpus_config(params: Params, setting: str) -> DataConfig:
     return params.data if setting == "finetune" else params.web
 
 
+def files_stamp(*paths: str | Path) -> tuple:
+    """(path, size, mtime) of each file, and of the files directly inside each folder: what
+    a memo keys on besides the config, so a file rewritten on disk (a manifest edited, a
+    corpus regenerated, a backbone retrained in the same folder) is read again."""
+    stamp = []
+    for path in paths:
+        path = Path(path) if path else None
+        if path is None or not path.exists():
+            stamp.append((str(path), None))
+            continue
+        files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+        stamp += [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    return tuple(stamp)
+
+
 @lru_cache(maxsize=8)
-def _load_table_cached(cfg_json: str) -> pd.DataFrame:
+def _load_table_cached(cfg_json: str, stamp: tuple) -> pd.DataFrame:
     return load_corpus(DataConfig(**json.loads(cfg_json)))
 
 
 def load_table(cfg: DataConfig) -> pd.DataFrame:
-    """The corpus table (generated on first use for synthetic corpora); memoised per config."""
-    return _load_table_cached(json.dumps(asdict(cfg), sort_keys=True)).copy()
+    """The corpus table (generated on first use for synthetic corpora); memoised per config
+    and per the corpus files' stamp (files_stamp), so an edited or regenerated corpus is
+    never served from memory."""
+    corpus_files = (cfg.path, cfg.english_path) if cfg.source != "synthetic" else (Path(cfg.root) / cfg.name,)
+    return _load_table_cached(json.dumps(asdict(cfg), sort_keys=True), files_stamp(*corpus_files)).copy()
 
 
 EVAL_SPLITS = CHOICES[("run", "eval_split")]  # one list: config checks it when parameters load
@@ -125,7 +143,7 @@ def check_image_size(params: Params, backbone) -> None:
                               f"{section}.image_size: {backbone.image_size}")
 
 
-_BACKBONES: dict[tuple[str, str], object] = {}
+_BACKBONES: dict[tuple, object] = {}
 
 
 def get_backbone(params: Params, run_dir: str | Path, setting: str):
@@ -145,7 +163,8 @@ def get_backbone(params: Params, run_dir: str | Path, setting: str):
             where = None
     else:
         raise ValueError(f"unknown model.backbone '{params.model.backbone}'; use tiny or hf")
-    key = (str(run_dir), str(where))
+    # the folder's files are part of the key: a backbone retrained in place is loaded afresh
+    key = (str(run_dir), str(where), files_stamp(where) if where is not None else ())
     if key not in _BACKBONES:
         backbone = load_backbone(where) if where is not None else load_hf_backbone(params.model)
         check_image_size(params, backbone)

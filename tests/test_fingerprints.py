@@ -4,6 +4,7 @@ was made from differs from what is asked for (library calls, interactive mode, r
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 from dataclasses import replace
 
 import pytest
@@ -159,3 +160,28 @@ def test_restart_stage_includes_the_later_stages():
     assert stages_to_restart(None) == []
     with pytest.raises(RunError, match="unknown stage"):
         stages_to_restart(["clx"])
+
+
+def test_memoised_tables_and_backbones_follow_their_files(smoke_run, monkeypatch):
+    """The in-process memos (corpus tables, loaded backbones) key on the files' size and
+    mtime: a corpus or backbone rewritten on disk is read again, in any test order."""
+    import os
+    params, run_dir = smoke_run
+    calls = []
+    real = pipeline.load_corpus
+    monkeypatch.setattr(pipeline, "load_corpus", lambda cfg: calls.append(cfg.name) or real(cfg))
+    pipeline._load_table_cached.cache_clear()
+    load_table(params.data)
+    load_table(params.data)
+    assert len(calls) == 1
+    captions = Path(params.data.root) / params.data.name / "captions.jsonl"
+    stat = captions.stat()
+    os.utime(captions, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # rewritten, same bytes
+    load_table(params.data)
+    assert len(calls) == 2
+    first = pipeline.get_backbone(params, run_dir, "finetune")
+    assert pipeline.get_backbone(params, run_dir, "finetune") is first
+    weights = RunPaths(run_dir).backbone / "model.safetensors"
+    stat = weights.stat()
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    assert pipeline.get_backbone(params, run_dir, "finetune") is not first
