@@ -101,7 +101,7 @@ def on_main(fn: Callable[[], Any]) -> Any:
     return value
 
 
-def launcher_processes() -> int | None:
+def launcher_processes(parent_pid: int | None = None) -> int | None:
     """How many processes `accelerate launch` was asked for (its --num_processes), read
     from the launcher's command line, when this process is the single child it started;
     None when that cannot be told. A single-process launch sets no variable that says
@@ -111,7 +111,7 @@ def launcher_processes() -> int | None:
     if "WORLD_SIZE" in os.environ or "ACCELERATE_DYNAMO_BACKEND" not in os.environ:
         return None  # several processes really started, or not started by accelerate launch
     try:
-        argv = Path(f"/proc/{os.getppid()}/cmdline").read_bytes().decode().split("\0")
+        argv = Path(f"/proc/{parent_pid or os.getppid()}/cmdline").read_bytes().decode().split("\0")
     except OSError:  # not Linux, or the parent is gone
         return None
     for i, arg in enumerate(argv):

@@ -100,8 +100,9 @@ def test_warns_when_accelerate_starts_one_of_several(monkeypatch, caplog):
     parent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
                                "launch", "--num_processes", "3", "train.py"])
     try:
-        monkeypatch.setattr(T.os, "getppid", lambda: parent.pid)
-        assert T.launcher_processes() == 3
+        cmdline = Path(f"/proc/{parent.pid}/cmdline").read_bytes().split(b"\0")
+        assert T.launcher_processes(parent.pid) == 3, cmdline
+        monkeypatch.setattr(T.os, "getppid", lambda: parent.pid)  # warn_if_single_launch asks the parent
         with caplog.at_level("WARNING", logger="dasd_lib.train"):
             assert T.warn_if_single_launch()
         assert "asked for 3 processes but started one" in caplog.text
