@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from dasd_lib.data import languages as L
-from dasd_lib.data.languages import EnItem, EnParse, Flaw
+from dasd_lib.data.languages import EnItem, EnParse, Flaw, chinese, czech, french, german, japanese
 from dasd_lib.data.world import COLOURS, POSITIONS, SHAPES, SIZES, Obj
 
 A = Obj("circle", "red", "large", "left")
@@ -185,9 +185,9 @@ def test_mt_flaws(rule, lang, english, flaws, expected):
 
 def test_french_elision_before_vowel():
     """fr: definite article elides before a vowel (l'étoile), not before a consonant."""
-    assert L._fr_article(True, "f", "étoile bleue") == "l'"
-    assert L._fr_article(True, "f", "petite étoile") == "la "
-    assert L._fr_article(True, "m", "grand cercle") == "le "
+    assert french._fr_article(True, "f", "étoile bleue") == "l'"
+    assert french._fr_article(True, "f", "petite étoile") == "la "
+    assert french._fr_article(True, "m", "grand cercle") == "le "
 
 
 def test_every_language_has_three_native_styles_the_translator_never_uses():
@@ -204,14 +204,14 @@ objects = st.integers(1, 5).flatmap(lambda k: st.tuples(
 
 # stems that must survive any flaw: the content stays translatable
 _STEMS = {
-    "de": lambda o: [L.DE_NOUNS[o.shape][1], L.DE_ADJ[o.colour], L.DE_ADJ[o.size]],
-    "fr": lambda o: [L.FR_NOUNS[o.shape][1], L.FR_COLOUR[o.colour][0][:4], L.FR_SIZE[o.size][0]],
-    "cs": lambda o: [L.CS_NOUNS[o.shape][1][:4], L.CS_ADJ[o.colour], L.CS_ADJ[o.size]],
-    "ja": lambda o: [L.JA_SHAPE[o.shape], L.JA_COLOUR[o.colour][:-1], L.JA_SIZE_I[o.size][:2]],
-    "zh": lambda o: [L.ZH_SHAPE[o.shape][0], L.ZH_COLOUR[o.colour], L.ZH_SIZE[o.size]],
+    "de": lambda o: [german.DE_NOUNS[o.shape][1], german.DE_ADJ[o.colour], german.DE_ADJ[o.size]],
+    "fr": lambda o: [french.FR_NOUNS[o.shape][1], french.FR_COLOUR[o.colour][0][:4], french.FR_SIZE[o.size][0]],
+    "cs": lambda o: [czech.CS_NOUNS[o.shape][1][:4], czech.CS_ADJ[o.colour], czech.CS_ADJ[o.size]],
+    "ja": lambda o: [japanese.JA_SHAPE[o.shape], japanese.JA_COLOUR[o.colour][:-1], japanese.JA_SIZE_I[o.size][:2]],
+    "zh": lambda o: [chinese.ZH_SHAPE[o.shape][0], chinese.ZH_COLOUR[o.colour], chinese.ZH_SIZE[o.size]],
 }
-_POS = {"de": (L.DE_POS, L.DE_POS_ODD), "fr": (L.FR_POS, L.FR_POS_ODD), "cs": (L.CS_POS, L.CS_POS_ODD),
-        "ja": (L.JA_POS, L.JA_POS_ODD), "zh": (L.ZH_POS, L.ZH_POS_ODD)}
+_POS = {"de": (german.DE_POS, german.DE_POS_ODD), "fr": (french.FR_POS, french.FR_POS_ODD), "cs": (czech.CS_POS, czech.CS_POS_ODD),
+        "ja": (japanese.JA_POS, japanese.JA_POS_ODD), "zh": (chinese.ZH_POS, chinese.ZH_POS_ODD)}
 
 
 @settings(max_examples=60, deadline=None)

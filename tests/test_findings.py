@@ -1,4 +1,4 @@
-"""dasd_lib.findings: docs/findings.md from study sweep folders, checked on hand-made run
+"""dasd_lib.findings and dasd_lib.study: docs/findings.md from study sweep folders, checked on hand-made run
 folders whose numbers give hand-computable differences, gaps and discriminator accuracies."""
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 
 from conftest import SMOKE
 from dasd_lib import findings as F
+from dasd_lib import study as S
 from dasd_lib.config import load_params, save_params
 from dasd_lib.metrics import seed_interval
 
@@ -44,31 +45,31 @@ def test_paired_differences_are_per_seed_with_a_t_interval():
     rows = pd.DataFrame({"variant": "native", "seed": [0, 1, 2, 0, 1, 2],
                          "method": ["dasd"] * 3 + ["static"] * 3,
                          "SumR": [310.0, 305.0, 320.0, 300.0, 296.0, 309.0]})
-    diffs = F.paired_differences(rows[rows.method == "dasd"], rows[rows.method == "static"], ["variant"])
+    diffs = S.paired_differences(rows[rows.method == "dasd"], rows[rows.method == "static"], ["variant"])
     expected = seed_interval([10.0, 9.0, 11.0])
     row = diffs.iloc[0]
     assert (row["method"], row["baseline"], row["n_seeds"]) == ("dasd", "static", 3)
     assert row["diff"] == pytest.approx(10.0) and row["ci_low"] == pytest.approx(expected["ci_low"])
     assert row["verdict"] == "better"  # 10 +- 4.30 * 1 / sqrt(3) = [7.5, 12.5]
     wide = rows.assign(SumR=[310.0, 305.0, 320.0, 300.0, 301.0, 308.0])  # 10, 4, 12: [-1.7, 19.0]
-    assert F.paired_differences(wide[wide.method == "dasd"], wide[wide.method == "static"],
+    assert S.paired_differences(wide[wide.method == "dasd"], wide[wide.method == "static"],
                                 ["variant"])["verdict"].iloc[0] == "no difference"
     # a seed missing on one side is not paired; one seed gives no interval
-    one = F.paired_differences(rows[(rows.method == "dasd") & (rows.seed == 0)],
+    one = S.paired_differences(rows[(rows.method == "dasd") & (rows.seed == 0)],
                                rows[rows.method == "static"], ["variant"]).iloc[0]
     assert one["n_seeds"] == 1 and one["verdict"] == "one seed"
-    assert F.verdict(-1.0, 2.0) == "no difference" and F.verdict(-3.0, -1.0) == "worse"
+    assert S.verdict(-1.0, 2.0) == "no difference" and S.verdict(-3.0, -1.0) == "worse"
 
 
 def test_style_gap_and_feature_contrast_hand_computed():
     sumr = pd.DataFrame({"mt_native_share": [0.0] * 4, "method": ["dasd"] * 4, "seed": [0, 0, 1, 1],
                          "variant": ["native", "mt_clean"] * 2, "SumR": [200.0, 260.0, 210.0, 250.0]})
-    gaps = F.style_gaps(sumr, ["mt_native_share"])
+    gaps = S.style_gaps(sumr, ["mt_native_share"])
     assert gaps.sort_values("seed")["gap"].tolist() == [-60.0, -40.0]
     probes = pd.DataFrame({"run": ["a", "a", "b", "b"], "lambda_adv": 0.1, "method": "dasd",
                            "seed": [0, 0, 1, 1], "target": "style", "kind": "style",
                            "feature": ["f_sr", "f_sa"] * 2, "accuracy": [0.5, 0.7, 0.4, 0.7]})
-    contrast = F.feature_contrast(probes, ["lambda_adv"]).iloc[0]
+    contrast = S.feature_contrast(probes, ["lambda_adv"]).iloc[0]
     assert contrast["f_sr_minus_f_sa"] == pytest.approx(-0.25)
     assert contrast["n_seeds"] == 2
 
@@ -121,7 +122,7 @@ def test_findings_from_sweep_folders(tmp_path):
 
     disc = tables["adv_discriminator"]
     assert disc["d_acc"].tolist() == pytest.approx([0.5, 0.5])
-    budget_disc = F.final_discriminator(F.load_study(sweeps)["budget"])
+    budget_disc = S.final_discriminator(S.load_study(sweeps)["budget"])
     assert budget_disc["d_acc"].tolist() == pytest.approx([0.6] * 6)  # the last 10 % of 12 steps
 
     cost = tables["cost"].set_index("method")
@@ -160,4 +161,4 @@ def test_variants_and_style_gap_sections(tmp_path):
 def test_cli_refuses_a_missing_sweeps_folder(tmp_path, capsys):
     assert F.main(["--sweeps-dir", str(tmp_path / "nope"), "--out", str(tmp_path / "f.md")]) == 2
     assert "run the study sweeps" in capsys.readouterr().err
-    assert np.isnan(F.pooled(pd.DataFrame({"k": [1], "v": [2.0]}), ["k"], "v")["ci_low"][0])
+    assert np.isnan(S.pooled(pd.DataFrame({"k": [1], "v": [2.0]}), ["k"], "v")["ci_low"][0])

@@ -21,9 +21,9 @@ LAYERS = [
     ["pipeline"],
     ["plots"],
     ["explorer"],
-    ["disentangle", "compare", "findings"],
+    ["disentangle", "compare", "findings", "study"],
     ["execution", "run_state"],
-    ["run", "sweep"],
+    ["run", "sweep", "sweep_definition"],
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
 # Known exceptions, (importer, imported): none left. A new one needs a reason here.

@@ -24,8 +24,9 @@ from dasd_lib import run as runner
 from dasd_lib.config import load_params, save_params
 from dasd_lib.metrics import seed_interval
 from dasd_lib.run import RUN_ID_RE, NotebookFailed, RunError, find_compare_notebook, find_notebooks
-from dasd_lib.sweep import (MAX_NAME, Sweep, SweepError, load_sweep, main, parse_grid,
-                            remaining_notebooks, run_sweep)
+from dasd_lib.sweep import main, run_sweep
+from dasd_lib.sweep_definition import (MAX_NAME, Sweep, SweepError, load_sweep, parse_grid,
+                                       remaining_notebooks)
 
 NOTEBOOKS = ROOT / "notebooks"
 SWEEPS = ROOT / "params" / "sweeps"
