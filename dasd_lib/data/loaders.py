@@ -24,11 +24,11 @@ from .errors import DataError, DataFileNotFoundError
 from .image_files import check_image_files, load_images
 from .manifest import load_manifest
 from .synthetic import COLUMNS, generate_corpus
-from .table import (SPLITS, VARIANTS, Skips, check_langs, read_json, resolve,
-                    validate_table)
+from .table import (SPLITS, VARIANTS, Skips, check_langs, check_test_rows, log_long_captions,
+                    long_captions, read_json, resolve, token_lower_bound, validate_table)
 
 __all__ = ["SPLITS", "VARIANTS", "load_corpus", "load_images", "load_manifest", "load_release",
-           "validate_table", "write_release_layout"]
+           "long_captions", "token_lower_bound", "validate_table", "write_release_layout"]
 
 
 # ============================================================================ release layout
@@ -245,11 +245,15 @@ def write_release_layout(table: pd.DataFrame, out_dir: str | Path, *, copy_image
 # ============================================================================ entry point
 def load_corpus(cfg: DataConfig) -> pd.DataFrame:
     """The table for a DataConfig: synthetic (generated if missing or stale), release or
-    manifest. Only English and cfg.langs are kept."""
+    manifest. Only English and cfg.langs are kept. The downstream corpus must have test rows
+    in every language of cfg.langs (check_test_rows); captions longer than
+    cfg.max_caption_tokens tokens are counted per language in the log (log_long_captions)."""
     check_langs(cfg.langs, "data.langs")
+    where = cfg.path
     if cfg.source == "synthetic":
         folder = generate_corpus(cfg)
-        table = load_manifest(folder / "captions.jsonl", on_missing=cfg.on_missing)
+        where = str(folder / "captions.jsonl")
+        table = load_manifest(where, on_missing=cfg.on_missing)
     elif cfg.source == "release":
         if not cfg.path:
             raise DataError("data.path: set it to the release layout's path JSON (data.source is 'release')")
@@ -261,5 +265,9 @@ def load_corpus(cfg: DataConfig) -> pd.DataFrame:
         table = load_manifest(cfg.path, on_missing=cfg.on_missing, corpus=cfg.name)
     else:
         raise DataError(f"data.source: unknown source '{cfg.source}'; valid: synthetic, release, manifest")
-    keep = table["lang"].isin(["en", *cfg.langs])
-    return table[keep].reset_index(drop=True)
+    table = table[table["lang"].isin(["en", *cfg.langs])].reset_index(drop=True)
+    # the web corpus (corpus: web) is train-only; a synthetic one with n_test 0 has no test split
+    if cfg.corpus != "web" and not (cfg.source == "synthetic" and cfg.n_test == 0):
+        check_test_rows(table, cfg.langs, where)
+    log_long_captions(table, cfg.max_caption_tokens, where)
+    return table
