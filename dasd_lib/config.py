@@ -67,6 +67,9 @@ class DataConfig:
     mt_native_share: float = 0.0
     # --- loading ---
     on_missing: str = "error"      # "error" or "skip" (skips are counted in the log)
+    # captions longer than this many tokens are counted per language at load (log, notebook
+    # 00) by a lower bound (BERT pre-tokens + [CLS]/[SEP]); it does not change truncation,
+    # which happens at the text tower's context length (77 for CLIP, model.context_length)
     max_caption_tokens: int = 77
 
 

@@ -242,3 +242,132 @@ def test_load_corpus_reads_release_and_manifest_sources(corpus, tmp_path):
         load_corpus(DataConfig(source="release"))
     with pytest.raises(DataError, match=r"data.langs: unknown language code\(s\) \['es'\]"):
         load_corpus(DataConfig(source="manifest", path="x.csv", langs=["es"]))
+
+
+# ---------------------------------------------------------------- issue 16: load-time checks
+def _png(path, mode="RGB", size=4):
+    from PIL import Image
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, (size, size), (10, 20, 30, 128)[:len(mode)]).save(path)
+    return path
+
+
+def _manifest(tmp_path, rows, name="m.csv"):
+    """A CSV manifest of (image, lang, split, caption[, variant]) rows; images made as needed."""
+    for row in rows:
+        if not (tmp_path / row[0]).exists():
+            _png(tmp_path / row[0])
+    header = "image_path,lang,split,caption,variant\n"
+    (tmp_path / name).write_text(header + "".join(",".join([*r, "native"][:5]) + "\n" for r in rows),
+                                 encoding="utf-8")
+    return tmp_path / name
+
+
+def _corpus_cfg(path, langs=("de",), **kw):
+    return DataConfig(source="manifest", path=str(path), name="mine", langs=list(langs), **kw)
+
+
+def test_no_test_rows_at_all_is_an_error_at_load(tmp_path):            # issue 16 (a)
+    path = _manifest(tmp_path, [("a.png", "en", "train", "A dog."), ("a.png", "de", "train", "Ein Hund.", "mt")])
+    with pytest.raises(DataError, match=r"m.csv: no test rows at all \(rows per split: train 2\).*"
+                                        r"add captions with split 'test'"):
+        load_corpus(_corpus_cfg(path))
+    web = load_corpus(_corpus_cfg(path, corpus="web"))   # the web corpus is train-only
+    assert set(web["split"]) == {"train"}
+
+
+def test_no_test_rows_for_one_language_is_an_error_naming_it(tmp_path):  # issue 16 (b)
+    path = _manifest(tmp_path, [("a.png", "en", "test", "A dog."), ("a.png", "de", "test", "Ein Hund."),
+                                ("b.png", "fr", "train", "Un chien.", "mt")])
+    with pytest.raises(DataError, match=r"m.csv: no test rows for language\(s\) \['fr'\] of data.langs "
+                                        r"\['de', 'fr'\].*add its test captions, or remove it from data.langs"):
+        load_corpus(_corpus_cfg(path, langs=["de", "fr"]))
+    assert set(load_corpus(_corpus_cfg(path, langs=["de"]))["lang"]) == {"en", "de"}
+
+
+def test_long_captions_are_counted_per_language(tmp_path, caplog):     # issue 16 (c)
+    from dasd_lib.data import long_captions, token_lower_bound
+    assert token_lower_bound("A dog, running.") == 7         # [CLS] A dog , running . [SEP]
+    assert token_lower_bound("一只狗") == 5                   # one per CJK character
+    long_de = " ".join(["Hund"] * 5000)                       # 25,000 characters
+    path = _manifest(tmp_path, [("a.png", "en", "test", "A dog."), ("a.png", "de", "test", long_de),
+                                ("a.png", "de", "test", "Ein Hund."),
+                                ("a.png", "zh", "test", "狗" * 20)])
+    with caplog.at_level(logging.INFO, logger="dasd_lib.data"):
+        table = load_corpus(_corpus_cfg(path, langs=["de", "zh"], max_caption_tokens=20))
+    line = [r for r in caplog.records if "max_caption_tokens" in r.getMessage()]
+    assert len(line) == 1 and line[0].levelno == logging.WARNING
+    assert "de 1 of 2, en 0 of 1, zh 1 of 1" in line[0].getMessage()
+    counts = long_captions(table, 20).set_index("lang")
+    assert counts.loc["de", "over_max_tokens"] == 1 and counts.loc["en", "over_max_tokens"] == 0
+    assert counts.loc["zh", "over_max_tokens"] == 1 and counts.loc["de", "captions"] == 2
+    assert long_captions(table, 23).set_index("lang").loc["zh", "over_max_tokens"] == 0  # 20 + 2 = 22
+    assert long_captions(table, 21).set_index("lang").loc["zh", "over_max_tokens"] == 1
+
+
+def test_one_image_file_under_two_ids_is_an_error(tmp_path):          # issue 16 (d)
+    _png(tmp_path / "a.png")
+    (tmp_path / "m.csv").write_text("image_path,image_id,lang,split,caption\n"
+                                    "a.png,one,en,test,A dog.\na.png,two,en,test,A hound.\n")
+    with pytest.raises(DataError, match=r"m.csv: image file .*a.png is listed under 2 image ids: "
+                                        r"'one' \(line 2\), 'two' \(line 3\); give each image file one image_id"):
+        load_manifest(tmp_path / "m.csv")
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_non_utf8_manifest_error_gives_the_line(tmp_path, fmt):        # issue 16 (e)
+    _png(tmp_path / "a.png")
+    lines = (["image_path,lang,split,caption", "a.png,en,test,A dog.", "a.png,fr,test,Un caf\xe9."]
+             if fmt == "csv" else
+             ['{"image_path": "a.png", "lang": "en", "split": "test", "caption": "A dog."}',
+              '{"image_path": "a.png", "lang": "fr", "split": "test", "caption": "Un caf\xe9."}'])
+    path = tmp_path / f"m.{fmt}"
+    path.write_bytes("\n".join(lines).encode("latin-1") + b"\n")
+    line = 3 if fmt == "csv" else 2
+    with pytest.raises(DataError, match=rf"m.{fmt}: not UTF-8 text: line {line}, byte \d+ .*save the file as UTF-8"):
+        load_manifest(path)
+
+
+def test_manifest_without_source_caption_pairs_by_index(tmp_path, caplog):  # issue 16 (f)
+    path = _manifest(tmp_path, [("a.png", "en", "train", "A dog."), ("a.png", "en", "train", "A hound."),
+                                ("a.png", "de", "train", "Ein Hund.", "mt"),
+                                ("a.png", "de", "train", "Ein Jagdhund.", "mt"),
+                                ("a.png", "de", "train", "Ein dritter.", "mt"),   # no 3rd English one
+                                ("b.png", "de", "test", "Eine Katze."), ("b.png", "en", "test", "A cat.")])
+    with caplog.at_level(logging.INFO, logger="dasd_lib.data"):
+        t = load_manifest(path)
+    de = t[(t["lang"] == "de") & (t["split"] == "train")].set_index("caption")["source_caption"]
+    assert de.to_dict() == {"Ein Hund.": "A dog.", "Ein Jagdhund.": "A hound.", "Ein dritter.": ""}
+    assert (t.loc[t["split"] == "test", "source_caption"] == "").all()
+    assert "2 training caption(s) in de paired with the English caption" in caplog.text
+    assert "1 non-English training caption(s) have no English caption" in caplog.text
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated"])
+def test_empty_or_truncated_png_error_or_skip(tmp_path, caplog, damage):  # issue 16 (g)
+    path = _manifest(tmp_path, [("a.png", "en", "test", "A dog."), ("b.png", "en", "test", "A cat."),
+                                ("b.png", "de", "test", "Eine Katze.")])
+    from PIL import Image
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "b.png")      # incompressible: half the file cuts the pixels
+    raw = (tmp_path / "b.png").read_bytes()
+    (tmp_path / "b.png").write_bytes(b"" if damage == "empty" else raw[:len(raw) // 2])
+    problem = r"an empty \(0-byte\) file" if damage == "empty" else "truncated, corrupt or not an image"
+    with pytest.raises(DataError, match=rf"m.csv: image file .*b.png is {problem}.*replace the file.*"
+                                        r"set on_missing: skip"):
+        load_manifest(path)
+    with caplog.at_level(logging.WARNING, logger="dasd_lib.data"):
+        t = load_manifest(path, on_missing="skip")
+    assert set(t["image_id"]) == {"a"}
+    assert "m.csv: skipped 2 item(s): 2 unreadable image(s)" in caplog.text and "b.png" in caplog.text
+
+
+def test_transparency_is_counted_in_the_log(tmp_path, caplog):         # issue 16 (h)
+    path = _manifest(tmp_path, [("a.png", "en", "test", "A dog."), ("b.png", "en", "test", "A cat."),
+                                ("c.png", "en", "test", "A cow.")])
+    _png(tmp_path / "b.png", mode="RGBA")
+    _png(tmp_path / "c.png", mode="LA")
+    with caplog.at_level(logging.WARNING, logger="dasd_lib.data"):
+        t = load_manifest(path)
+    assert len(t) == 3
+    assert "m.csv: 2 image file(s) have transparency (e.g. " in caplog.text and "alpha channel dropped" in caplog.text

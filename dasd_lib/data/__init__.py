@@ -5,7 +5,7 @@ from .languages import (EN_STYLES, LANGS, MT_STYLES, NATIVE_STYLES, TARGET_LANGS
                         content_forms, content_inventory, english_caption, native_caption,
                         parse_english, translate)
 from .loaders import (SPLITS, VARIANTS, load_corpus, load_images, load_manifest, load_release,
-                      validate_table, write_release_layout)
+                      long_captions, token_lower_bound, validate_table, write_release_layout)
 from .stats import (LABEL_COLUMNS, SampleGrid, caption_stats, content_labels, content_oracle_recall,
                     held_out_overlap, sample_grid, style_frequencies, token_coverage)
 from .synthetic import (COLUMNS, GENERATOR_VERSION, build_rows, build_scenes, config_hash,
@@ -18,7 +18,7 @@ __all__ = [
     "POSITIONS", "SHAPES", "SIZES", "SPLITS", "SampleGrid", "Scene", "TARGET_LANGS", "VARIANTS",
     "build_rows", "build_scenes", "caption_stats", "config_hash", "content_forms",
     "content_inventory", "content_labels", "content_oracle_recall", "held_out_overlap", "corpus_dir", "english_caption", "generate_corpus",
-    "load_corpus", "load_images", "load_manifest", "load_release", "native_caption",
-    "parse_english", "render_scene", "sample_grid", "style_frequencies", "token_coverage",
+    "load_corpus", "load_images", "load_manifest", "load_release", "long_captions", "native_caption",
+    "parse_english", "render_scene", "sample_grid", "style_frequencies", "token_coverage", "token_lower_bound",
     "translate", "validate_table", "write_release_layout",
 ]

@@ -1,206 +1,34 @@
 """Loaders into the one caption table (see COLUMNS) and the DASD release layout writer.
 
 Sources: the synthetic generator's folder, the DASD authors' release layout (path JSON
-with per-split parallel lists anno_file / feature / name_file / langs) and a plain CSV or
-JSONL manifest. Bad input raises DataError (or DataFileNotFoundError) naming the file and
-the problem; with on_missing="skip", missing images, names without captions and empty
-captions are dropped instead and counted in the "dasd_lib.data" log.
+with per-split parallel lists anno_file / feature / name_file / langs; here) and a plain
+CSV or JSONL manifest (manifest.py). Bad input raises DataError (or
+DataFileNotFoundError) naming the file and the problem; with on_missing="skip", missing
+or unreadable images, names without captions and empty captions are dropped instead and
+counted in the "dasd_lib.data" log. Shared checks live in table.py, image checks and
+reading in image_files.py.
 """
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
-from collections import Counter
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
 
 from ..config import DataConfig
 from .errors import DataError, DataFileNotFoundError
-from .languages import LANGS
+from .image_files import check_image_files, load_images
+from .manifest import load_manifest
 from .synthetic import COLUMNS, generate_corpus
+from .table import (SPLITS, VARIANTS, Skips, check_langs, check_test_rows, log_long_captions,
+                    long_captions, read_json, resolve, token_lower_bound, validate_table)
 
-log = logging.getLogger("dasd_lib.data")
-
-SPLITS = ("train", "val", "test")
-VARIANTS = ("native", "mt", "mt_clean")
-_REQUIRED = ("image_path", "lang", "caption", "split")
-
-
-def _check_on_missing(on_missing: str) -> None:
-    if on_missing not in ("error", "skip"):
-        raise DataError(f"on_missing must be 'error' or 'skip', got {on_missing!r}")
-
-
-class _Skips:
-    """Counts what on_missing='skip' dropped, by reason, and logs one line per source."""
-
-    def __init__(self, source: str | Path, on_missing: str):
-        _check_on_missing(on_missing)
-        self.source, self.on_missing = str(source), on_missing
-        self.counts: Counter[str] = Counter()
-        self.examples: dict[str, str] = {}
-
-    def __call__(self, reason: str, message: str, n: int = 1) -> None:
-        """Raise in 'error' mode; count in 'skip' mode."""
-        if self.on_missing == "error":
-            raise (DataFileNotFoundError if "image" in reason and "missing" in reason else DataError)(
-                f"{message} (set on_missing: skip to drop such items and count them)")
-        self.counts[reason] += n
-        self.examples.setdefault(reason, message)
-
-    def report(self) -> None:
-        if self.counts:
-            detail = "; ".join(f"{n} {r} (e.g. {self.examples[r]})" for r, n in self.counts.items())
-            log.warning("%s: skipped %d item(s): %s", self.source, sum(self.counts.values()), detail)
-
-
-def _read_json(path: Path, what: str) -> Any:
-    if not path.is_file():
-        raise DataFileNotFoundError(f"{what} {path} does not exist")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}: malformed JSON ({err.msg} at line {err.lineno}, "
-                        f"column {err.colno})") from err
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not UTF-8 text ({err})") from err
-    except RecursionError:
-        raise DataError(f"{path}: malformed JSON (nested too deeply to read)") from None
-
-
-def _resolve(p: str | Path, base: Path) -> Path:
-    p = Path(os.path.expanduser(str(p)))
-    return p if p.is_absolute() else base / p
-
-
-def _check_langs(langs: Iterable[str], where: str) -> None:
-    bad = sorted({str(lang) for lang in langs} - set(LANGS))
-    if bad:
-        raise DataError(f"{where}: unknown language code(s) {bad}; valid: {', '.join(LANGS)}")
-
-
-# ============================================================================ the table
-def validate_table(table: pd.DataFrame, where: str = "table") -> pd.DataFrame:
-    """Check the contract columns and values; return the table with columns in order."""
-    missing = [c for c in COLUMNS if c not in table.columns]
-    if missing:
-        raise DataError(f"{where}: missing column(s) {missing}; expected {COLUMNS}")
-    _check_langs(table["lang"].unique(), where)
-    for col, valid in (("split", SPLITS), ("variant", VARIANTS)):
-        bad = sorted(set(table[col].unique()) - set(valid))
-        if bad:
-            raise DataError(f"{where}: unknown {col} value(s) {bad}; valid: {', '.join(valid)}")
-    empty = table["caption"].str.strip() == ""
-    if empty.any():
-        raise DataError(f"{where}: {int(empty.sum())} empty caption(s), e.g. caption_id "
-                        f"{table.loc[empty, 'caption_id'].iloc[0]!r}")
-    dup = table["caption_id"].duplicated()
-    if dup.any():
-        raise DataError(f"{where}: duplicate caption_id(s), e.g. {table.loc[dup, 'caption_id'].iloc[0]!r}")
-    return table[COLUMNS + [c for c in table.columns if c not in COLUMNS]].reset_index(drop=True)
-
-
-def _drop_missing_images(df: pd.DataFrame, skips: _Skips, where: str) -> pd.DataFrame:
-    exists = {p: os.path.isfile(p) for p in df["image_path"].unique()}
-    ok = df["image_path"].map(exists).astype(bool)
-    if not ok.all():
-        lost = sorted(p for p, e in exists.items() if not e)
-        skips("missing image(s)", f"{where}: image file {lost[0]} does not exist "
-              f"({len(lost)} missing image file(s))", n=int((~ok).sum()))
-    return df[ok]
-
-
-def load_manifest(path: str | Path, *, on_missing: str = "error", corpus: str | None = None,
-                  check_images: bool = True) -> pd.DataFrame:
-    """A CSV or JSONL manifest with the table's columns (at least image_path, lang, caption,
-    split; relative image paths are read relative to the manifest's folder)."""
-    path = Path(path)
-    skips = _Skips(path, on_missing)
-    if not path.is_file():
-        raise DataFileNotFoundError(f"manifest {path} does not exist")
-    if path.suffix.lower() == ".csv":
-        try:
-            df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-            raise DataError(f"{path}: malformed CSV ({err})") from err
-        line_of = lambda i: i + 2  # noqa: E731  (header is line 1)
-    elif path.suffix.lower() in (".jsonl", ".json", ".ndjson"):
-        records = []
-        try:
-            with open(path, encoding="utf-8") as f:
-                for n, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        rec = json.loads(line)
-                    except json.JSONDecodeError as err:
-                        raise DataError(f"{path}: malformed JSON on line {n} ({err.msg}, column {err.colno})") from err
-                    except RecursionError:
-                        raise DataError(f"{path}: malformed JSON on line {n} (nested too deeply)") from None
-                    if not isinstance(rec, dict):
-                        raise DataError(f"{path}: line {n} is not a JSON object")
-                    rec["_line"] = n
-                    records.append(rec)
-        except UnicodeDecodeError as err:
-            raise DataError(f"{path}: not UTF-8 text ({err})") from err
-        df = pd.DataFrame.from_records(records) if records else pd.DataFrame(columns=[*_REQUIRED, "_line"])
-        line_of = None
-    else:
-        raise DataError(f"{path}: manifest must be .csv or .jsonl, got '{path.suffix}'")
-    missing = [c for c in _REQUIRED if c not in df.columns]
-    if missing:
-        raise DataError(f"{path}: missing required column(s) {missing}; "
-                        f"a manifest needs {list(_REQUIRED)} (optional: the other table columns)")
-    lines = df.pop("_line") if "_line" in df.columns else pd.Series(
-        [line_of(i) for i in range(len(df))], index=df.index)
-    for col in COLUMNS:
-        if col not in df.columns:
-            df[col] = ""
-    # object first: fillna("") on a float column (numbers in JSON) is deprecated in pandas
-    df = df.astype(object).fillna("").astype({c: str for c in COLUMNS})
-    bad_lang = ~df["lang"].isin(LANGS)
-    if bad_lang.any():
-        i = bad_lang.idxmax()
-        raise DataError(f"{path}: unknown language code(s) {sorted(set(df.loc[bad_lang, 'lang']))} "
-                        f"(first on line {lines[i]}); valid: {', '.join(LANGS)}")
-    for col, valid in (("split", SPLITS),):
-        bad = ~df[col].isin(valid)
-        if bad.any():
-            i = bad.idxmax()
-            raise DataError(f"{path}: unknown {col} {df.loc[i, col]!r} on line {lines[i]}; "
-                            f"valid: {', '.join(valid)}")
-    df.loc[df["variant"] == "", "variant"] = "native"
-    bad = ~df["variant"].isin(VARIANTS)
-    if bad.any():
-        i = bad.idxmax()
-        raise DataError(f"{path}: unknown variant {df.loc[i, 'variant']!r} on line {lines[i]}; "
-                        f"valid: {', '.join(VARIANTS)}")
-    empty = df["caption"].str.strip() == ""
-    if empty.any():
-        i = empty.idxmax()
-        skips("empty caption(s)", f"{path}: empty caption on line {lines[i]}", n=int(empty.sum()))
-        df = df[~empty]
-    base = path.parent.resolve()
-    df["image_path"] = [str(_resolve(p, base)) for p in df["image_path"]]
-    no_id = df["image_id"] == ""
-    df.loc[no_id, "image_id"] = [Path(p).stem for p in df.loc[no_id, "image_path"]]
-    no_cid = df["caption_id"] == ""
-    if no_cid.any():
-        k = df.groupby(["image_id", "lang", "variant"]).cumcount().astype(str)
-        df.loc[no_cid, "caption_id"] = (df["image_id"] + ":" + df["lang"] + ":" + df["variant"]
-                                        + ":" + k)[no_cid]
-    if corpus is not None:
-        df.loc[df["corpus"] == "", "corpus"] = corpus
-    if check_images:
-        df = _drop_missing_images(df, skips, str(path))
-    skips.report()
-    return validate_table(df, str(path))
+__all__ = ["SPLITS", "VARIANTS", "load_corpus", "load_images", "load_manifest", "load_release",
+           "long_captions", "token_lower_bound", "validate_table", "write_release_layout"]
 
 
 # ============================================================================ release layout
@@ -220,7 +48,7 @@ def _load_names(path: Path) -> list[str]:
 
 
 def _load_anno(path: Path) -> dict[str, list[str]]:
-    data = _read_json(path, "annotation file")
+    data = read_json(path, "annotation file")
     if not isinstance(data, dict):
         raise DataError(f"{path}: expected a JSON object mapping image file name -> list of captions, "
                         f"got {type(data).__name__}")
@@ -254,16 +82,16 @@ def load_release(path_json: str | Path, english_json: str | Path = "", *,
     else "native". `langs` keeps only those target languages (English stays).
     """
     path_json = Path(path_json)
-    skips = _Skips(path_json, on_missing)
-    spec = _read_json(path_json, "path file")
+    skips = Skips(path_json, on_missing)
+    spec = read_json(path_json, "path file")
     base = path_json.parent
     if not isinstance(spec, dict) or not spec:
         raise DataError(f"{path_json}: expected a JSON object with splits {list(SPLITS)}")
     english: dict[str, list[str]] = {}
     if english_json:
-        english = _load_anno(_resolve(english_json, Path.cwd()))
+        english = _load_anno(resolve(english_json, Path.cwd()))
     if langs is not None:
-        _check_langs(langs, "langs")
+        check_langs(langs, "langs")
     rows: list[dict] = []
     anno_cache: dict[Path, dict] = {}
     for split, entry in spec.items():
@@ -285,7 +113,7 @@ def load_release(path_json: str | Path, english_json: str | Path = "", *,
         lengths = {k: len(v) for k, v in lists.items()}
         if len(set(lengths.values())) != 1:
             raise DataError(f"{where}: the lists must have the same length, got {lengths}")
-        _check_langs(lists["langs"], where)
+        check_langs(lists["langs"], where)
         variants = lists.get("variants") or [
             "mt" if (split == "train" and lang != "en") else "native" for lang in lists["langs"]]
         bad = sorted({str(v) for v in variants} - set(VARIANTS))
@@ -301,7 +129,7 @@ def load_release(path_json: str | Path, english_json: str | Path = "", *,
             source_en = {}
             for anno_f, lang in zip(lists["anno_file"], lists["langs"]):
                 if lang == "en":
-                    en_path = _resolve(anno_f, base)
+                    en_path = resolve(anno_f, base)
                     if en_path not in anno_cache:
                         anno_cache[en_path] = _load_anno(en_path)
                     for name, caps in anno_cache[en_path].items():
@@ -311,8 +139,8 @@ def load_release(path_json: str | Path, english_json: str | Path = "", *,
                                                        lists["name_file"], lists["langs"], variants):
             if langs is not None and lang != "en" and lang not in langs:
                 continue
-            anno_path = _resolve(anno_f, base)
-            name_paths = [_resolve(f, base) for f in (name_f if isinstance(name_f, list) else [name_f])]
+            anno_path = resolve(anno_f, base)
+            name_paths = [resolve(f, base) for f in (name_f if isinstance(name_f, list) else [name_f])]
             name_path = name_paths[0] if len(name_paths) == 1 else \
                 f"{name_paths[0]} (+{len(name_paths) - 1} more fold files)"
             if anno_path not in anno_cache:
@@ -320,7 +148,7 @@ def load_release(path_json: str | Path, english_json: str | Path = "", *,
             anno = anno_cache[anno_path]
             names = [n for path in name_paths for n in _load_names(path)]
             split_names += names
-            image_dir = _resolve(feat, base).resolve()
+            image_dir = resolve(feat, base).resolve()
             no_caps = [n for n in names if n not in anno]
             if no_caps:
                 skips("name(s) without captions",
@@ -343,7 +171,7 @@ def load_release(path_json: str | Path, english_json: str | Path = "", *,
                                  "style": "", "content": ""})
         if english and "en" not in lists["langs"] and lists["feature"]:
             # English rows come from the English JSON for the split's images
-            image_dir = _resolve(lists["feature"][0], base).resolve()
+            image_dir = resolve(lists["feature"][0], base).resolve()
             for name in dict.fromkeys(split_names):
                 image_id = _stem(name)
                 for j, cap in enumerate(english.get(name, [])):
@@ -358,7 +186,7 @@ def load_release(path_json: str | Path, english_json: str | Path = "", *,
         raise DataError(f"{path_json}: no captions found (check the splits, langs and name files)")
     df = df.drop_duplicates("caption_id")
     if check_images:
-        df = _drop_missing_images(df, skips, str(path_json))
+        df = check_image_files(df, skips, str(path_json))
     skips.report()
     return validate_table(df, str(path_json))
 
@@ -414,64 +242,18 @@ def write_release_layout(table: pd.DataFrame, out_dir: str | Path, *, copy_image
     return path_json
 
 
-# ============================================================================ images
-def _to_rgb(im: Image.Image) -> Image.Image:
-    """8-bit RGB. 16-bit greyscale (I;16*) is scaled to 8 bits first: Pillow's convert
-    clips it at 255, which turns all but the darkest pixels white."""
-    if im.mode.startswith("I;16"):
-        a = np.asarray(im).astype(np.float32)   # (H, W) 0..65535
-        im = Image.fromarray(np.clip(np.round(a / 257.0), 0, 255).astype(np.uint8))  # L
-    return im.convert("RGB")
-
-
-def load_images(paths: Sequence[str | Path], size: int, *, on_missing: str = "error",
-                return_kept: bool = False):
-    """Read images as uint8 RGB (N, size, size, 3), resizing where needed: the shorter
-    side to `size` (bicubic), then a centre crop, as CLIP's own preprocessing does, so
-    photos keep their aspect ratio (square images are simply resized).
-
-    Missing or unreadable files raise DataError naming the file; with on_missing="skip"
-    they are left out and counted in the log, and return_kept=True also returns the
-    indices of the paths that were loaded."""
-    skips = _Skips("load_images", on_missing)
-    out = np.zeros((len(paths), size, size, 3), np.uint8)   # (N, H, W, 3)
-    kept = []
-    for i, p in enumerate(paths):
-        p = Path(p)
-        if not p.is_file():
-            skips("missing image(s)", f"image file {p} does not exist")
-            continue
-        try:
-            with Image.open(p) as im:
-                im = _to_rgb(im)
-                if im.size != (size, size):
-                    w, h = im.size
-                    scale = size / min(w, h)
-                    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-                    left, top = (nw - size) // 2, (nh - size) // 2
-                    im = im.resize((nw, nh), Image.Resampling.BICUBIC).crop(
-                        (left, top, left + size, top + size))
-                out[len(kept)] = np.asarray(im)
-        except Image.DecompressionBombError as err:  # not an OSError: Pillow's size guard
-            skips("oversized image(s)", f"image file {p} is too large to decode safely ({err})")
-            continue
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-            skips("corrupt image(s)", f"image file {p} is corrupt or not an image ({err})")
-            continue
-        kept.append(i)
-    skips.report()
-    out = out[:len(kept)]
-    return (out, np.array(kept, dtype=np.int64)) if return_kept else out
-
-
 # ============================================================================ entry point
 def load_corpus(cfg: DataConfig) -> pd.DataFrame:
     """The table for a DataConfig: synthetic (generated if missing or stale), release or
-    manifest. Only English and cfg.langs are kept."""
-    _check_langs(cfg.langs, "data.langs")
+    manifest. Only English and cfg.langs are kept. The downstream corpus must have test rows
+    in every language of cfg.langs (check_test_rows); captions longer than
+    cfg.max_caption_tokens tokens are counted per language in the log (log_long_captions)."""
+    check_langs(cfg.langs, "data.langs")
+    where = cfg.path
     if cfg.source == "synthetic":
         folder = generate_corpus(cfg)
-        table = load_manifest(folder / "captions.jsonl", on_missing=cfg.on_missing)
+        where = str(folder / "captions.jsonl")
+        table = load_manifest(where, on_missing=cfg.on_missing)
     elif cfg.source == "release":
         if not cfg.path:
             raise DataError("data.path: set it to the release layout's path JSON (data.source is 'release')")
@@ -483,5 +265,9 @@ def load_corpus(cfg: DataConfig) -> pd.DataFrame:
         table = load_manifest(cfg.path, on_missing=cfg.on_missing, corpus=cfg.name)
     else:
         raise DataError(f"data.source: unknown source '{cfg.source}'; valid: synthetic, release, manifest")
-    keep = table["lang"].isin(["en", *cfg.langs])
-    return table[keep].reset_index(drop=True)
+    table = table[table["lang"].isin(["en", *cfg.langs])].reset_index(drop=True)
+    # the web corpus (corpus: web) is train-only; a synthetic one with n_test 0 has no test split
+    if cfg.corpus != "web" and not (cfg.source == "synthetic" and cfg.n_test == 0):
+        check_test_rows(table, cfg.langs, where)
+    log_long_captions(table, cfg.max_caption_tokens, where)
+    return table
