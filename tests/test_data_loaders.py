@@ -267,6 +267,7 @@ def _corpus_cfg(path, langs=("de",), **kw):
     return DataConfig(source="manifest", path=str(path), name="mine", langs=list(langs), **kw)
 
 
+@pytest.mark.fault
 def test_no_test_rows_at_all_is_an_error_at_load(tmp_path):            # issue 16 (a)
     path = _manifest(tmp_path, [("a.png", "en", "train", "A dog."), ("a.png", "de", "train", "Ein Hund.", "mt")])
     with pytest.raises(DataError, match=r"m.csv: no test rows at all \(rows per split: train 2\).*"
@@ -276,6 +277,7 @@ def test_no_test_rows_at_all_is_an_error_at_load(tmp_path):            # issue 1
     assert set(web["split"]) == {"train"}
 
 
+@pytest.mark.fault
 def test_no_test_rows_for_one_language_is_an_error_naming_it(tmp_path):  # issue 16 (b)
     path = _manifest(tmp_path, [("a.png", "en", "test", "A dog."), ("a.png", "de", "test", "Ein Hund."),
                                 ("b.png", "fr", "train", "Un chien.", "mt")])
@@ -285,6 +287,7 @@ def test_no_test_rows_for_one_language_is_an_error_naming_it(tmp_path):  # issue
     assert set(load_corpus(_corpus_cfg(path, langs=["de"]))["lang"]) == {"en", "de"}
 
 
+@pytest.mark.fault
 def test_long_captions_are_counted_per_language(tmp_path, caplog):     # issue 16 (c)
     from dasd_lib.data import long_captions, token_lower_bound
     assert token_lower_bound("A dog, running.") == 7         # [CLS] A dog , running . [SEP]
@@ -305,6 +308,7 @@ def test_long_captions_are_counted_per_language(tmp_path, caplog):     # issue 1
     assert long_captions(table, 21).set_index("lang").loc["zh", "over_max_tokens"] == 1
 
 
+@pytest.mark.fault
 def test_one_image_file_under_two_ids_is_an_error(tmp_path):          # issue 16 (d)
     _png(tmp_path / "a.png")
     (tmp_path / "m.csv").write_text("image_path,image_id,lang,split,caption\n"
@@ -315,6 +319,7 @@ def test_one_image_file_under_two_ids_is_an_error(tmp_path):          # issue 16
 
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+@pytest.mark.fault
 def test_non_utf8_manifest_error_gives_the_line(tmp_path, fmt):        # issue 16 (e)
     _png(tmp_path / "a.png")
     lines = (["image_path,lang,split,caption", "a.png,en,test,A dog.", "a.png,fr,test,Un caf\xe9."]
@@ -328,6 +333,7 @@ def test_non_utf8_manifest_error_gives_the_line(tmp_path, fmt):        # issue 1
         load_manifest(path)
 
 
+@pytest.mark.fault
 def test_manifest_without_source_caption_pairs_by_index(tmp_path, caplog):  # issue 16 (f)
     path = _manifest(tmp_path, [("a.png", "en", "train", "A dog."), ("a.png", "en", "train", "A hound."),
                                 ("a.png", "de", "train", "Ein Hund.", "mt"),
@@ -344,6 +350,7 @@ def test_manifest_without_source_caption_pairs_by_index(tmp_path, caplog):  # is
 
 
 @pytest.mark.parametrize("damage", ["empty", "truncated"])
+@pytest.mark.fault
 def test_empty_or_truncated_png_error_or_skip(tmp_path, caplog, damage):  # issue 16 (g)
     path = _manifest(tmp_path, [("a.png", "en", "test", "A dog."), ("b.png", "en", "test", "A cat."),
                                 ("b.png", "de", "test", "Eine Katze.")])
@@ -362,6 +369,7 @@ def test_empty_or_truncated_png_error_or_skip(tmp_path, caplog, damage):  # issu
     assert "m.csv: skipped 2 item(s): 2 unreadable image(s)" in caplog.text and "b.png" in caplog.text
 
 
+@pytest.mark.fault
 def test_transparency_is_counted_in_the_log(tmp_path, caplog):         # issue 16 (h)
     path = _manifest(tmp_path, [("a.png", "en", "test", "A dog."), ("b.png", "en", "test", "A cat."),
                                 ("c.png", "en", "test", "A cow.")])
