@@ -295,19 +295,28 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), yaml.safe_load(value)
 
 
+def read_yaml_mapping(path: Path, error: type[Exception], missing: str, expected: str) -> dict[str, Any]:
+    """A YAML file holding a mapping (parameter and sweep files), or `error` with `missing`
+    (no such file), the YAML error, or `expected` (not a mapping), each naming the file."""
+    if not path.is_file():
+        raise error(missing)
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise error(f"{path}: not valid YAML ({err})") from err
+    if not isinstance(values, dict):
+        raise error(f"{path}: {expected}, got {type(values).__name__}")
+    return values
+
+
 def read_param_file(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A parameter file's values. `base: other.yaml` (relative to the file's folder) starts
     from that file's values: each section's keys are taken from the base unless this file
     sets them (a key's value is replaced whole, as an override replaces it)."""
-    if not path.is_file():
-        raise ConfigError(f"parameter file {path} does not exist; pick one of params/*.yaml"
-                          + (f" (the base of {_seen[-1]})" if _seen else ""))
-    try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML ({err})") from err
-    if not isinstance(values, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections, got {type(values).__name__}")
+    values = read_yaml_mapping(path, ConfigError,
+                               f"parameter file {path} does not exist; pick one of params/*.yaml"
+                               + (f" (the base of {_seen[-1]})" if _seen else ""),
+                               "expected a mapping of sections")
     base = values.pop("base", None)
     if base is None:
         return values

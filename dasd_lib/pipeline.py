@@ -82,23 +82,22 @@ def corpus_config(params: Params, setting: str) -> DataConfig:
     return params.data if setting == "finetune" else params.web
 
 
-def files_stamp(*paths: str | Path) -> tuple:
-    """(path, size, mtime) of each file, and of the files directly inside each folder: what
-    a memo keys on besides the config, so a file rewritten on disk (a manifest edited, a
-    corpus regenerated, a backbone retrained in the same folder) is read again."""
-    stamp = []
-    for path in paths:
-        path = Path(path) if path else None
-        if path is None or not path.exists():
-            stamp.append((str(path), None))
-            continue
-        files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
-        stamp += [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-    return tuple(stamp)
+def files_stamp(*paths: str | Path) -> str:
+    """file_fingerprint (path, size, mtime) of each file, and of the files directly inside
+    each folder: what a memo keys on besides the config, so a file rewritten on disk (a
+    manifest edited, a corpus regenerated, a backbone retrained in the same folder) is read
+    again. Paths that do not exist (yet) add nothing."""
+    files = []
+    for path in map(Path, filter(None, paths)):
+        if path.is_dir():
+            files += sorted(str(p) for p in path.iterdir() if p.is_file())
+        elif path.exists():
+            files.append(str(path))
+    return file_fingerprint(files)
 
 
 @lru_cache(maxsize=8)
-def _load_table_cached(cfg_json: str, stamp: tuple) -> pd.DataFrame:
+def _load_table_cached(cfg_json: str, stamp: str) -> pd.DataFrame:
     return load_corpus(DataConfig(**json.loads(cfg_json)))
 
 
@@ -164,7 +163,7 @@ def get_backbone(params: Params, run_dir: str | Path, setting: str):
     else:
         raise ValueError(f"unknown model.backbone '{params.model.backbone}'; use tiny or hf")
     # the folder's files are part of the key: a backbone retrained in place is loaded afresh
-    key = (str(run_dir), str(where), files_stamp(where) if where is not None else ())
+    key = (str(run_dir), str(where), files_stamp(where) if where is not None else "")
     if key not in _BACKBONES:
         backbone = load_backbone(where) if where is not None else load_hf_backbone(params.model)
         check_image_size(params, backbone)

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import yaml
 
 from .compare import value_text
-from .config import load_params
+from .config import load_params, read_yaml_mapping
 from .storage import atomic_write
 from .run import RUN_ID_RE, RunError, _now, _resolve_input, find_project_root, params_diff
 
@@ -137,14 +137,8 @@ def load_sweep(path: str | Path) -> Sweep:
     (mapping key -> list of values), optional notebooks, only and sweep_id (default: the
     file name). Relative paths: from the working directory, else the project root."""
     path = Path(path)
-    if not path.is_file():
-        raise SweepError(f"sweep file {path} does not exist; see params/sweeps/")
-    try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise SweepError(f"{path}: not valid YAML ({err})") from err
-    if not isinstance(values, dict):
-        raise SweepError(f"{path}: expected a mapping with keys {', '.join(SWEEP_KEYS)}")
+    values = read_yaml_mapping(path, SweepError, f"sweep file {path} does not exist; see params/sweeps/",
+                               f"expected a mapping with keys {', '.join(SWEEP_KEYS)}")
     for key in values:
         if key not in SWEEP_KEYS:
             close = difflib.get_close_matches(str(key), SWEEP_KEYS, n=1, cutoff=0.5)
