@@ -33,7 +33,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--patch", type=int, default=16, help="ViT patch size (16: ViT-B/16)")
     p.add_argument("--tiny", action="store_true", help="tiny sizes (tests, CPU)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                    help="autocast (auto: bf16 on CUDA, fp32 on CPU, as the library)")
     p.add_argument("--compile", action="store_true", help="torch.compile the target model (stage.compile)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads on --device cpu (0: torch's default)")

@@ -642,7 +642,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--patch", type=int, default=32, help="ViT patch size (32: ViT-B/32, 16: ViT-B/16)")
     p.add_argument("--tiny", action="store_true", help="tiny sizes (for tests)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                    help="autocast (auto: bf16 on CUDA, fp32 on CPU, as the library)")
     p.add_argument("--compile", action="store_true", help="torch.compile the target model (stage.compile)")
     p.add_argument("--fused-adamw", action="store_true",

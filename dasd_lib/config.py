@@ -136,7 +136,8 @@ class StageConfig:
     epochs: int = 0                 # > 0 overrides steps (English fine-tune: 5 epochs)
     checkpoint_every: int = 0       # 0: only at the end
     log_every: int = 100            # log losses every N steps (0: never)
-    precision: str = "auto"         # "auto" (bf16 on CUDA, fp32 on CPU), "fp32", "bf16", "fp16"
+    # "auto" (bf16 on CUDA, fp32 on CPU), "fp32" or "bf16"; "fp16" is refused (FP16_REFUSED)
+    precision: str = "auto"
     compile: bool = False           # torch.compile the training step
     num_workers: int = 0
 
@@ -415,7 +416,13 @@ CHOICES = {("run", "i2t_protocol"): ("standard", "official"),
            **{(s, "source"): ("synthetic", "release", "manifest") for s in ("data", "web")},
            **{(s, "corpus"): ("downstream", "web") for s in ("data", "web")},
            **{(s, "on_missing"): ("error", "skip") for s in ("data", "web")},
-           **{(s, "precision"): ("auto", "fp32", "bf16", "fp16") for s in STAGES}}
+           **{(s, "precision"): ("auto", "fp32", "bf16") for s in STAGES}}
+# fp16 autocast needs a gradient scaler, which the training step does not have: without one,
+# small gradients (the 0.001-weighted adversarial term, lr 6e-6 updates) underflow to zero
+FP16_REFUSED = ("'fp16' is refused: fp16 autocast needs a gradient scaler, which this workbook's "
+                "training step does not have, and without one small gradients (the 0.001-weighted "
+                "adversarial term, CMA's lr 6e-6 updates) underflow to zero. Use bf16 (fp32's "
+                "range; what 'auto' picks on CUDA) or fp32")
 # ranges: (keys, test, what the message says the value must be)
 _STAGE_COUNTS = ("steps", "epochs", "checkpoint_every", "log_every", "num_workers")
 RANGES = [
@@ -455,6 +462,9 @@ def check_choices(params: "Params", where: str = "parameters") -> None:
     def value(section, key):
         return getattr(getattr(params, section), key)
 
+    for section in STAGES:
+        if value(section, "precision") == "fp16":
+            raise ConfigError(f"{where}: {section}.precision {FP16_REFUSED}: set {section}.precision: bf16")
     for (section, key), allowed in CHOICES.items():
         v = value(section, key)
         if v not in allowed and not (key == "device" and str(v).startswith("cuda:")):

@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .data import load_images
 from .storage import CheckpointError, fingerprint, load_state, save_state
 
 log = logging.getLogger("dasd_lib.features")
@@ -55,11 +54,15 @@ def file_fingerprint(paths: list[str]) -> str:
 
 def cache_key(backbone, image_paths: list[str], texts: list[str], image_size: int) -> str:
     ident = backbone.identity()
+    preprocess = {"image_size": image_size, "context_length": backbone.context_length}
+    image = backbone.image_preprocessing()  # hf: the CLIP folder's processor settings
+    if image is not None:
+        preprocess["image"] = image
     payload = {
         "backbone": ident["name"], "weights": ident["weights_hash"],
         "images": file_fingerprint(image_paths),
         "texts": hashlib.sha256("\n".join(texts).encode()).hexdigest(),
-        "preprocess": {"image_size": image_size, "context_length": backbone.context_length},
+        "preprocess": preprocess,
         "version": 1,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
@@ -125,7 +128,7 @@ def frozen_features(backbone, table: pd.DataFrame, *, image_size: int, cache_dir
     backbone.to(device).eval()
     # in chunks: real corpora (CC300K: 300K images x 224 x 224 x 3 bytes = 45 GB) never fit at once
     paths_all, chunk = images.image_path.tolist(), 4096
-    image_emb = torch.cat([encode_images(backbone, load_images(paths_all[i:i + chunk], image_size), device)
+    image_emb = torch.cat([encode_images(backbone, backbone.read_images(paths_all[i:i + chunk], image_size), device)
                            for i in range(0, len(paths_all), chunk)]) if paths_all \
         else torch.zeros(0, backbone.embed_dim)
     text_emb = encode_source_texts(backbone, texts, device)

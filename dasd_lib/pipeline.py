@@ -23,18 +23,19 @@ import torch
 from filelock import FileLock
 
 from .backbones import build_tiny_backbone, load_backbone, load_hf_backbone
+from .backbones.hf import clip_image_preprocess
 from .checkpoint import (PRETRAINED_FILES, CheckpointError, atomic_dir, check_record, fingerprint,
                          from_pretrained, make_record, read_meta)
 from .config import CHOICES, SOURCE_LANG, ConfigError, DataConfig, Params, canonical_stage, check_paths
 from .evaluate import (RESULT_COLUMNS, SCORE_KEYS, compare_methods, embed_target, kfold_for,
                        score_captions, score_captions_with_hits, unique_images)
 from .metrics import chance_sumr
-from .data import load_corpus, load_images
+from .data import load_corpus
 from .model import METHODS, build_target_model
 from .official import check_imported_methods, imported_backbone_dir, load_imported_tower
 from .report import COMPARISONS_FILE, write_results_markdown
 from .storage import atomic_csv, atomic_write, report_progress
-from .train import (TrainingError, file_fingerprint, features_key, frozen_features,
+from .train import (StreamedImages, TrainingError, file_fingerprint, features_key, frozen_features,
                     apply_determinism, is_main_process, make_target_data, on_main, process_rank,
                     resolve_device, stage_inputs, stage_records, target_data_key,
                     train_target_stage, train_vlp_stage, training_rows, wait_for_everyone)
@@ -158,6 +159,14 @@ def get_backbone(params: Params, run_dir: str | Path, setting: str):
             raise TrainingError(f"no tiny VLP in {where}; run notebook 01_source_vlp first")
     elif params.model.backbone == "hf":
         where = paths.finetuned_backbone
+        if setting == "finetune" and (params.vlp.steps > 0 or params.vlp.epochs > 0) \
+                and not (where / "config.json").exists():
+            # the raw CLIP in its place would make every finetune result a zero-shot one
+            raise TrainingError(
+                f"the finetune setting uses the English-fine-tuned CLIP (vlp.epochs "
+                f"{params.vlp.epochs}, vlp.steps {params.vlp.steps}), but {where} holds none; run "
+                f"notebook 01_source_vlp first, or set vlp.epochs: 0 and vlp.steps: 0 to use the "
+                f"CLIP at model.clip_path as it is")
         if setting != "finetune" or not (where / "config.json").exists():
             where = None
     else:
@@ -220,6 +229,10 @@ def vlp_record(params: Params, train: pd.DataFrame, multilingual_texts: list[str
     inputs = {"vlp": stage_inputs(params.vlp),
               "model": {k: getattr(params.model, k) for k in VLP_MODEL_FIELDS},
               "seed": params.run.vlp_seed, "image_size": params.data.image_size, "data": data}
+    if params.vlp.epochs > 0:  # what an epoch is (train.vlp_epoch_batches)
+        inputs["epoch"] = "every (image, caption) pair once, one caption per image per batch"
+    if params.model.backbone == "hf":  # the CLIP folder's image processor settings
+        inputs["image_preprocess"] = clip_image_preprocess(params.model.clip_path)
     return make_record({"kind": "vlp", "backbone": params.model.backbone}, inputs)
 
 
@@ -319,9 +332,11 @@ def source_vlp(params: Params, run_dir: str | Path, resume: bool = True,
             check_image_size(params, backbone)
         if trains_vlp and not reused:
             apply_determinism(params.run.deterministic)
-            # keyed by file path: image ids repeat across corpora (both start at train_00000)
+            # keyed by file path: image ids repeat across corpora (both start at train_00000);
+            # read as training needs them (train.StreamedImages), not all at once
             image_paths, image_rows = np.unique(train.image_path.values, return_inverse=True)
-            images = load_images(image_paths.tolist(), params.data.image_size)
+            images = StreamedImages(image_paths.tolist(),
+                                    lambda paths: backbone.read_images(paths, params.data.image_size))
             result = train_vlp_stage(backbone=backbone, images=images, captions=train.caption.tolist(),
                                      image_rows=image_rows, cfg=params.vlp, seed=params.run.vlp_seed,
                                      device_name=params.run.device, out_dir=paths.artifacts / "vlp_training",

@@ -170,7 +170,7 @@ def test_i2t_protocol_is_checked_when_parameters_load():
     ("data.langs=[de, fx]", "data.langs names 'fx', not one of de, fr, cs, ja, zh; did you mean 'fr'"),
     ("data.on_missing=skipp", "data.on_missing is 'skipp', not one of error, skip"),
     ("data.source=manfest", "data.source is 'manfest'.*did you mean 'manifest'"),
-    ("vlp.precision=fp8", "vlp.precision is 'fp8', not one of auto, fp32, bf16, fp16"),
+    ("vlp.precision=fp8", "vlp.precision is 'fp8', not one of auto, fp32, bf16"),
     ("cla.warmup_frac=1.5", "cla.warmup_frac is 1.5; it must be between 0 and 1"),
     ("explore.probe_test_frac=1.0", "explore.probe_test_frac is 1.0; it must be strictly between"),
     ("explore.probe_style=[styl]", "explore.probe_style names 'styl'.*did you mean 'style'"),

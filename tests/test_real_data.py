@@ -373,7 +373,7 @@ def test_hf_images_smaller_than_clip_input_are_refused(release):
     tmp = release["tmp"]
     params = load_params(SMOKE, real_overrides(
         tmp, release["m30k"], ["de", "fr"], release["clip"], release["bert"], release["hidden"],
-        "data.image_size=16", "run.settings=[finetune]"))
+        "data.image_size=16", "run.settings=[finetune]", "vlp.steps=0"))
     with pytest.raises(ConfigError, match=r"data.image_size is 16 .* set data.image_size: 32"):
         pipeline.get_backbone(params, tmp / "reports" / "nope", "finetune")
 

@@ -214,6 +214,18 @@ class Backbone(nn.Module):
         return tokenize(self.tokenizer_target, texts, self.context_length, self.ml_eos_id,
                         "tokenize_target")
 
+    def read_images(self, paths: Any, size: int, on_missing: str = "error") -> np.ndarray:
+        """Image files -> uint8 (N, size, size, 3) the way this backbone reads them (tiny:
+        data.load_images at `size`, the corpus's image_size; hf overrides this with its
+        CLIP's own processor settings). preprocess_images turns them into pixels."""
+        from dasd_lib.data import load_images
+        return load_images(paths, size, on_missing=on_missing)
+
+    def image_preprocessing(self) -> dict | None:
+        """Settings of read_images/preprocess_images that do not live in the code or the
+        weights (hf: the CLIP folder's preprocessor_config.json), for cache keys; None here."""
+        return None
+
     def preprocess_images(self, images: Any) -> torch.Tensor:
         return images_to_pixels(images, self.image_size, self.image_mean, self.image_std)
 

@@ -12,20 +12,26 @@ CLIPModel.text_projection (no bias). The causal mask passed to the layers is a b
 from __future__ import annotations
 
 import json
+import math
 import pickle
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 from dasd_lib.backbones.base import Backbone, BackboneError
 from dasd_lib.backbones.wordpiece import load_tokenizer
+from dasd_lib.data.image_files import _to_rgb, load_images
 from dasd_lib.storage import PRETRAINED_FILES, atomic_dir, write_state
 from dasd_lib.config import ModelConfig, build_dataclass
 
 OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 OPENAI_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 WORD_EMBEDDING_SUFFIX = "embeddings.word_embeddings.weight"
+PIL_BICUBIC = 3  # transformers' PILImageResampling.BICUBIC, CLIP's filter
 
 
 def _resolve_file(path: str, names: list[str]) -> Path | None:
@@ -95,19 +101,169 @@ def read_mbert_embeddings(path: str) -> torch.Tensor:
     return emb
 
 
-def _image_stats(clip_path: str) -> tuple[list[float], list[float]]:
+# ----------------------------------------------------------------------------- image preprocessing
+#
+# What transformers' CLIPImageProcessor does on its PIL path (the one it takes without
+# torchvision, and the only one of older versions): RGB (transparency composited onto
+# white), resize with PIL (the shorter side to size.shortest_edge, the longer to
+# int(shortest_edge * long / short); or to size.height x size.width), centre crop (top =
+# (H - h) // 2, zero padding where the image is smaller), uint8 -> float64 * rescale_factor
+# -> float32, (x - mean) / std in float32. The settings come from the CLIP folder's
+# preprocessor_config.json, read as transformers reads them; without that file, the
+# processor's own defaults with the vision tower's input size.
+
+def _size_setting(value: Any, square: bool, what: str) -> dict[str, int]:
+    """A processor size as transformers reads it: an int is the shorter side (a square when
+    `square`, as crop_size is), a pair is (height, width), a dict names its keys."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return {"height": value, "width": value} if square else {"shortest_edge": value}
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        return {"height": int(value[0]), "width": int(value[1])}
+    if isinstance(value, dict):
+        given = {k: v for k, v in value.items() if v is not None}
+        if set(given) in ({"shortest_edge"}, {"height", "width"}):
+            return {k: int(v) for k, v in given.items()}
+    raise BackboneError(f"{what}: {value!r} is not a size this workbook reads (an int, "
+                        f"[height, width], {{'shortest_edge': n}} or {{'height': h, 'width': w}})")
+
+
+def default_image_preprocess(image_size: int, mean: list[float] | None = None,
+                             std: list[float] | None = None) -> dict:
+    """CLIPImageProcessor's defaults (OpenAI's CLIP preprocessing) for `image_size` pixels."""
+    return {"resize": {"shortest_edge": int(image_size)}, "resample": PIL_BICUBIC,
+            "crop": [int(image_size), int(image_size)], "rescale": 1 / 255,
+            "mean": [float(v) for v in (mean or OPENAI_CLIP_MEAN)],
+            "std": [float(v) for v in (std or OPENAI_CLIP_STD)], "convert_rgb": True}
+
+
+def _vision_image_size(clip_path: str) -> int:
+    file = _resolve_file(clip_path, ["config.json"])
+    if file is None:
+        raise BackboneError(f"model.clip_path '{clip_path}': no config.json; point it at a folder "
+                            f"written by CLIPModel.save_pretrained")
+    return int(json.loads(file.read_text()).get("vision_config", {}).get("image_size", 224))
+
+
+def clip_image_preprocess(clip_path: str, image_size: int | None = None) -> dict:
+    """The image preprocessing of the CLIP at `clip_path` (its preprocessor_config.json, as
+    transformers' CLIPImageProcessor reads it) as a JSON-able dict: what HFBackbone applies,
+    and what enters the frozen-feature cache key and the English fine-tune's record.
+    `image_size`: the vision tower's input size (read from config.json when None); the
+    settings must turn every image into image_size x image_size pixels."""
+    size = _vision_image_size(clip_path) if image_size is None else int(image_size)
     file = _resolve_file(clip_path, ["preprocessor_config.json"])
     if file is None:
-        return OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-    cfg = json.loads(file.read_text())
-    return list(cfg.get("image_mean", OPENAI_CLIP_MEAN)), list(cfg.get("image_std", OPENAI_CLIP_STD))
+        return default_image_preprocess(size)
+    what = str(file)
+    try:
+        cfg = json.loads(file.read_text())
+    except (OSError, ValueError) as err:
+        raise BackboneError(f"{what}: not readable JSON ({err})") from err
+    if not isinstance(cfg, dict):
+        raise BackboneError(f"{what}: expected a JSON object")
+    d = default_image_preprocess(224)  # the processor's class defaults
+    spec = {
+        "resize": _size_setting(cfg.get("size", d["resize"]), bool(cfg.get("default_to_square", False)),
+                                f"{what} size") if cfg.get("do_resize", True) else None,
+        "resample": int(cfg.get("resample", PIL_BICUBIC)),
+        "crop": None, "rescale": float(cfg.get("rescale_factor", 1 / 255)) if cfg.get("do_rescale", True) else None,
+        "mean": [float(v) for v in cfg.get("image_mean", d["mean"])] if cfg.get("do_normalize", True) else None,
+        "std": [float(v) for v in cfg.get("image_std", d["std"])] if cfg.get("do_normalize", True) else None,
+        "convert_rgb": bool(cfg.get("do_convert_rgb", True))}
+    if cfg.get("do_center_crop", True):
+        crop = _size_setting(cfg.get("crop_size", d["crop"]), True, f"{what} crop_size")
+        if set(crop) != {"height", "width"}:
+            raise BackboneError(f"{what}: crop_size must give a height and a width")
+        spec["crop"] = [crop["height"], crop["width"]]
+    if _output_size(spec) != [size, size]:
+        raise BackboneError(f"{what}: these settings do not turn every image into {size} x {size} "
+                            f"pixels, the input size of the CLIP's vision tower (crop {spec['crop']}, "
+                            f"resize {spec['resize']}); fix crop_size")
+    for key in ("mean", "std"):
+        if spec[key] is not None and len(spec[key]) != 3:
+            raise BackboneError(f"{what}: image_{key} must hold 3 values (R, G, B), got {spec[key]}")
+    if spec["std"] is not None and min(spec["std"]) <= 0:
+        raise BackboneError(f"{what}: image_std must be positive, got {spec['std']}")
+    try:
+        Image.Resampling(spec["resample"])
+    except ValueError:
+        raise BackboneError(f"{what}: resample {spec['resample']} is not a PIL resampling filter") from None
+    return spec
+
+
+def _output_size(spec: dict) -> list[int] | None:
+    """[height, width] of every image the settings make, or None when that depends on the image."""
+    r = spec.get("resize")
+    return spec.get("crop") or ([r["height"], r["width"]] if r and "height" in r else None)
+
+
+def processor_config(spec: dict) -> dict:
+    """`spec` written as a preprocessor_config.json that CLIPImageProcessor reads back."""
+    return {"image_processor_type": "CLIPImageProcessor",
+            "do_resize": spec["resize"] is not None, "size": spec["resize"] or {"shortest_edge": 224},
+            "resample": spec["resample"], "do_center_crop": spec["crop"] is not None,
+            "crop_size": {"height": spec["crop"][0], "width": spec["crop"][1]} if spec["crop"] else None,
+            "do_rescale": spec["rescale"] is not None, "rescale_factor": spec["rescale"] or 1 / 255,
+            "do_normalize": spec["mean"] is not None, "image_mean": spec["mean"] or OPENAI_CLIP_MEAN,
+            "image_std": spec["std"] or OPENAI_CLIP_STD, "do_convert_rgb": spec["convert_rgb"]}
+
+
+def _to_rgb_like_processor(im: Image.Image, convert_rgb: bool) -> Image.Image:
+    """RGB as CLIPImageProcessor makes it: transparency composited onto white. 16-bit
+    greyscale is scaled to 8 bits first (the processor's plain convert would clip it to
+    white: the one place this deliberately differs)."""
+    if convert_rgb and ("A" in im.getbands() or im.info.get("transparency") is not None):
+        rgba = im.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return _to_rgb(im)
+
+
+def _centre_crop(x: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(H, W, 3) -> (height, width, 3), as transformers' center_crop (zero padding, centred
+    with ceil offsets, where the image is smaller than the crop)."""
+    H, W = x.shape[:2]
+    top, left = (H - height) // 2, (W - width) // 2
+    if top >= 0 and left >= 0:
+        return x[top:top + height, left:left + width]
+    nh, nw = max(height, H), max(width, W)
+    top_pad, left_pad = math.ceil((nh - H) / 2), math.ceil((nw - W) / 2)
+    padded = np.zeros((nh, nw) + x.shape[2:], x.dtype)
+    padded[top_pad:top_pad + H, left_pad:left_pad + W] = x
+    top, left = top + top_pad, left + left_pad
+    return padded[max(0, top):min(nh, top + height), max(0, left):min(nw, left + width)]
+
+
+def resize_and_crop(im: Image.Image, spec: dict) -> np.ndarray:
+    """An RGB PIL image -> uint8 (S, S, 3): the processor's resize and centre crop."""
+    if spec["resize"] is not None:
+        r, (w, h) = spec["resize"], im.size
+        if "shortest_edge" in r:
+            s = r["shortest_edge"]
+            nw, nh = (s, int(s * h / w)) if w <= h else (int(s * w / h), s)
+        else:
+            nh, nw = r["height"], r["width"]
+        im = im.resize((nw, nh), resample=Image.Resampling(spec["resample"]))
+    x = np.asarray(im)
+    return _centre_crop(x, *spec["crop"]) if spec["crop"] is not None else x
+
+
+def normalise_pixels(x: torch.Tensor, spec: dict) -> torch.Tensor:
+    """uint8 (N, S, S, 3) -> float32 (N, 3, S, S): the processor's rescale and normalise."""
+    x = x.permute(0, 3, 1, 2)
+    x = (x.double() * spec["rescale"]).float() if spec["rescale"] is not None else x.float()
+    if spec["mean"] is not None:
+        mean = torch.tensor(spec["mean"], dtype=torch.float32)[:, None, None]
+        std = torch.tensor(spec["std"], dtype=torch.float32)[:, None, None]
+        x = (x - mean) / std
+    return x.contiguous()
 
 
 class HFBackbone(Backbone):
     kind = "hf"
 
     def __init__(self, *, cfg: ModelConfig, clip: nn.Module, tokenizer_source, tokenizer_target,
-                 ml_embeddings: torch.Tensor, image_mean: list[float], image_std: list[float]):
+                 ml_embeddings: torch.Tensor, image_mean: list[float], image_std: list[float],
+                 image_preprocess: dict | None = None):
         super().__init__()
         self.cfg = cfg
         self.clip = clip
@@ -123,7 +279,48 @@ class HFBackbone(Backbone):
         # a plain attribute, not a buffer: read once by build_target_model, never moved to GPU
         self.ml_init_embeddings = ml_embeddings
         self.ml_embed_dim = int(ml_embeddings.shape[1])
-        self.image_mean, self.image_std = image_mean, image_std
+        # the CLIP folder's CLIPImageProcessor settings (clip_image_preprocess); without them,
+        # the processor's defaults at the vision tower's input size with image_mean/std
+        self.image_preprocess = dict(image_preprocess) if image_preprocess is not None else \
+            default_image_preprocess(self.image_size, image_mean, image_std)
+        spec = self.image_preprocess
+        if _output_size(spec) != [self.image_size] * 2:
+            raise BackboneError(f"image preprocessing {spec} does not give {self.image_size} x "
+                                f"{self.image_size} pixels, the input size of the CLIP's vision tower")
+        self.image_mean = spec["mean"] if spec["mean"] is not None else [0.0, 0.0, 0.0]
+        self.image_std = spec["std"] if spec["std"] is not None else [1.0, 1.0, 1.0]
+
+    # --- images: exactly transformers' CLIPImageProcessor (PIL path) with the folder's settings
+    def image_preprocessing(self) -> dict:
+        return dict(self.image_preprocess)
+
+    def read_images(self, paths, size: int | None = None, on_missing: str = "error") -> np.ndarray:
+        """Image files -> uint8 (N, S, S, 3), S the CLIP's input size: RGB, resized and
+        centre-cropped as the CLIP's CLIPImageProcessor does (`size` is not used: the
+        processor's settings decide)."""
+        spec = self.image_preprocess
+        return load_images(paths, self.image_size, on_missing=on_missing,
+                           transform=lambda im: resize_and_crop(_to_rgb_like_processor(im, spec["convert_rgb"]), spec))
+
+    def preprocess_images(self, images: Any) -> torch.Tensor:
+        """uint8 (N, H, W, 3) -> float (N, 3, S, S) as CLIPImageProcessor computes it. Images
+        already S x S are taken as read_images made them (resized and cropped), so only
+        rescaled and normalised; others are resized and cropped first, image by image."""
+        if not isinstance(images, torch.Tensor):
+            images = np.ascontiguousarray(images)
+            images = images if images.flags.writeable else images.copy()  # e.g. np.asarray(a PIL image)
+        x = images if isinstance(images, torch.Tensor) else torch.from_numpy(images)
+        if x.ndim == 3:
+            x = x[None]
+        if x.ndim != 4 or x.shape[-1] != 3:
+            raise BackboneError(f"preprocess_images: expected images of shape (N, H, W, 3), "
+                                f"got {tuple(x.shape)}")
+        if x.dtype != torch.uint8:
+            raise BackboneError(f"preprocess_images: expected uint8 pixels, got {x.dtype}")
+        if tuple(x.shape[1:3]) != (self.image_size, self.image_size):
+            x = torch.from_numpy(np.stack([
+                resize_and_crop(Image.fromarray(a), self.image_preprocess) for a in x.cpu().numpy()]))
+        return normalise_pixels(x, self.image_preprocess)
 
     # the frozen text-tower pieces, as views into the CLIPModel (no duplicate registration)
     @property
@@ -173,10 +370,15 @@ class HFBackbone(Backbone):
         import dataclasses
         meta = {"kind": self.kind, "model_config": dataclasses.asdict(self.cfg),
                 "image_mean": self.image_mean, "image_std": self.image_std,
+                "image_preprocess": self.image_preprocess,
                 "identity": self.identity(), "record": record}
         with atomic_dir(folder) as tmp:
             self.clip.save_pretrained(str(tmp / "clip"), safe_serialization=True)
             self.tokenizer_source.save_pretrained(str(tmp / "clip"))
+            # clip/ is a complete CLIP folder, usable as model.clip_path (e.g. zero-shot on a
+            # fine-tuned CLIP) with the same image preprocessing
+            (tmp / "clip" / "preprocessor_config.json").write_text(
+                json.dumps(processor_config(self.image_preprocess), indent=2))
             self.tokenizer_target.save_pretrained(str(tmp / "tokenizer_target"))
             write_state(tmp, {"ml_embeddings": self.ml_init_embeddings}, meta, PRETRAINED_FILES)
         return Path(folder)
@@ -189,7 +391,8 @@ class HFBackbone(Backbone):
                    tokenizer_source=load_tokenizer(folder / "clip", f"{folder} (CLIP)"),
                    tokenizer_target=load_tokenizer(folder / "tokenizer_target", f"{folder} (mBERT)"),
                    ml_embeddings=tensors["ml_embeddings"],
-                   image_mean=meta["image_mean"], image_std=meta["image_std"])
+                   image_mean=meta["image_mean"], image_std=meta["image_std"],
+                   image_preprocess=meta.get("image_preprocess"))  # absent: saved before it was kept
 
 
 def _load_clip(path: str) -> nn.Module:
@@ -208,8 +411,10 @@ def load_hf_backbone(cfg: ModelConfig) -> HFBackbone:
         if not getattr(cfg, key):
             raise BackboneError(f"model.{key} is empty: set it to a local folder (save_pretrained "
                                 f"layout) or a hub id for backbone 'hf'")
-    mean, std = _image_stats(cfg.clip_path)
-    return HFBackbone(cfg=cfg, clip=_load_clip(cfg.clip_path),
+    clip = _load_clip(cfg.clip_path)
+    spec = clip_image_preprocess(cfg.clip_path, clip.config.vision_config.image_size)
+    return HFBackbone(cfg=cfg, clip=clip,
                       tokenizer_source=load_tokenizer(cfg.clip_path, f"model.clip_path '{cfg.clip_path}'"),
                       tokenizer_target=load_tokenizer(cfg.mbert_path, f"model.mbert_path '{cfg.mbert_path}'"),
-                      ml_embeddings=read_mbert_embeddings(cfg.mbert_path), image_mean=mean, image_std=std)
+                      ml_embeddings=read_mbert_embeddings(cfg.mbert_path), image_mean=spec["mean"],
+                      image_std=spec["std"], image_preprocess=spec)

@@ -6,7 +6,7 @@ import logging
 import os
 import struct
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -75,9 +75,10 @@ def check_image_files(df: pd.DataFrame, skips: Skips, where: str) -> pd.DataFram
             skips(reason, f"{where}: image file {bad[0]} is {problems[bad[0]]} "
                   f"({len(bad)} unreadable image file(s)); replace the file(s)", n=rows)
     if transparent:
-        log.warning("%s: %d image file(s) have transparency (e.g. %s); they are read as RGB with "
-                    "the alpha channel dropped (as CLIP's preprocessing does), so transparent "
-                    "areas show whatever colour is stored under them", where, len(transparent),
+        log.warning("%s: %d image file(s) have transparency (e.g. %s); they are read as RGB: the "
+                    "tiny backbone has the alpha channel dropped, so transparent areas show "
+                    "whatever colour is stored under them; the hf backbone composites them onto "
+                    "white, as transformers' CLIPImageProcessor does", where, len(transparent),
                     transparent[0])
     return df[~df["image_path"].isin(list(problems))]
 
@@ -91,12 +92,28 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+def _shorter_side_crop(im: Image.Image, size: int) -> np.ndarray:
+    """RGB, the shorter side resized to `size` (bicubic), centre-cropped to (size, size, 3)."""
+    im = _to_rgb(im)
+    if im.size != (size, size):
+        w, h = im.size
+        scale = size / min(w, h)
+        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+        left, top = (nw - size) // 2, (nh - size) // 2
+        im = im.resize((nw, nh), Image.Resampling.BICUBIC).crop((left, top, left + size, top + size))
+    return np.asarray(im)
+
+
 def load_images(paths: Sequence[str | Path], size: int, *, on_missing: str = "error",
-                return_kept: bool = False):
+                return_kept: bool = False,
+                transform: Callable[[Image.Image], np.ndarray] | None = None):
     """Read images as uint8 RGB (N, size, size, 3), resizing where needed: the shorter
     side to `size` (bicubic), then a centre crop, as CLIP's own preprocessing does, so
     photos keep their aspect ratio (square images are simply resized). Transparency is
     dropped (alpha ignored), with a count in the log.
+
+    `transform` replaces that conversion: it gets the opened file and returns its
+    (size, size, 3) uint8 pixels (the hf backbone's exact CLIPImageProcessor steps).
 
     Missing or unreadable files raise DataError naming the file; with on_missing="skip"
     they are left out and counted in the log, and return_kept=True also returns the
@@ -112,15 +129,7 @@ def load_images(paths: Sequence[str | Path], size: int, *, on_missing: str = "er
         try:
             with Image.open(p) as im:
                 transparent += im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info
-                im = _to_rgb(im)
-                if im.size != (size, size):
-                    w, h = im.size
-                    scale = size / min(w, h)
-                    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-                    left, top = (nw - size) // 2, (nh - size) // 2
-                    im = im.resize((nw, nh), Image.Resampling.BICUBIC).crop(
-                        (left, top, left + size, top + size))
-                out[len(kept)] = np.asarray(im)
+                out[len(kept)] = transform(im) if transform is not None else _shorter_side_crop(im, size)
         except Image.DecompressionBombError as err:  # not an OSError: Pillow's size guard
             skips("oversized image(s)", f"image file {p} is too large to decode safely ({err})")
             continue
@@ -130,7 +139,8 @@ def load_images(paths: Sequence[str | Path], size: int, *, on_missing: str = "er
         kept.append(i)
     skips.report()
     if transparent:
-        log.info("load_images: %d of %d image(s) had transparency; converted to RGB without it",
-                 transparent, len(kept))
+        log.info("load_images: %d of %d image(s) had transparency; converted to RGB %s",
+                 transparent, len(kept),
+                 "by the backbone's preprocessing" if transform is not None else "without it")
     out = out[:len(kept)]
     return (out, np.array(kept, dtype=np.int64)) if return_kept else out
