@@ -130,8 +130,10 @@ def test_table(params: Params) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- backbones
 
 def check_image_size(params: Params, backbone) -> None:
-    """hf: images are read at data.image_size (web.image_size for the zero-shot corpus) and
-    then resized to the CLIP's input size; reading them smaller would blur every image."""
+    """hf: data.image_size (web.image_size for the zero-shot corpus) must be at least the
+    CLIP's input size. The CLIP reads images with its own processor settings
+    (HFBackbone.read_images), whatever data.image_size is; the explorer shows them at
+    data.image_size, and a smaller value is a parameter file meant for another backbone."""
     if params.model.backbone != "hf" and not params.run.imported:
         return
     sections = ["data"] + (["web"] if "zeroshot" in params.run.settings else [])
