@@ -145,10 +145,6 @@ class Run:
             self._tables[key] = (stamp, load_corpus(cfg))
         return self._tables[key][1].copy()
 
-    def setting_table(self, setting: str) -> pd.DataFrame:
-        """The corpus table a setting trains its target side on (corpus_config)."""
-        return self.table(corpus_config(self.params, setting))
-
     def test_table(self) -> pd.DataFrame:
         """The rows of the evaluation split (run.eval_split: test, or val for runs that choose)."""
         split = self.params.run.eval_split

@@ -6,7 +6,6 @@ names pass before it starts. Notebook 01's stage is dasd_lib.vlp_stage.
 from __future__ import annotations
 
 import difflib
-import logging
 import shutil
 from pathlib import Path
 
@@ -26,8 +25,6 @@ from .storage import atomic_csv, report_progress
 from .train import (TrainingError, features_key, frozen_features, is_main_process,
                     make_target_data, on_main, stage_records, target_data_key,
                     train_target_stage, training_rows, wait_for_everyone)
-
-log = logging.getLogger("dasd_lib.pipeline")
 
 
 # ----------------------------------------------------------------------------- target stages (02, 03)
