@@ -18,29 +18,31 @@ import time
 import torch
 
 from dasd_lib.config import load_params
-from dasd_lib.evaluate import embed_target, score_captions, unique_images
+from dasd_lib.context import Run
+from dasd_lib.evaluate import embed_target, kfold_for, score_captions, unique_images
 from dasd_lib.features import frozen_features
 from dasd_lib.model import METHODS
-from dasd_lib.pipeline import cache_dir, get_backbone, kfold_for, load_trained_model, test_table
+from dasd_lib.pipeline import load_trained_model
 
 METRICS = ["i2t_R1", "i2t_R5", "i2t_R10", "t2i_R1", "t2i_R5", "t2i_R10", "SumR"]
 
 
 def measure(run_dir: str) -> dict:
     params = load_params(f"{run_dir}/params.yaml")
-    test = test_table(params)
+    run = Run(params, run_dir)
+    test = run.test_table()
     image_ids = unique_images(test).image_id.tolist()
     seconds = {"full": 0.0, "end_only": 0.0}
     rows, worst, n_captions = [], 0.0, 0
     for setting in params.run.settings:
-        backbone = get_backbone(params, run_dir, setting)
+        backbone = run.backbone(setting)
         feats = frozen_features(backbone, test, image_size=params.data.image_size,
-                                cache_dir=cache_dir(params, run_dir), device=torch.device("cpu"))
+                                cache_dir=run.cache_dir, device=torch.device("cpu"))
         image_emb = feats.images(image_ids).numpy()
         for method in params.run.methods.get(setting, []):
             if METHODS[method].oracle:
                 continue
-            model = load_trained_model(params, run_dir, setting, method, params.run.seeds[0])
+            model = load_trained_model(run, setting, method, params.run.seeds[0])
             per_method = {"full": 0.0, "end_only": 0.0}
             for lang in params.data.langs:
                 for variant in params.run.eval_variants:

@@ -350,8 +350,7 @@ def bind_kernel_to_runner() -> bool:
     return True
 
 
-# the post_run_cell callback keep_report_fresh registered, per IPython shell
-_REPORT_HOOKS: dict[int, Any] = {}
+REPORT_HOOK_MARK = "_dasd_keeps_report_fresh"  # on the post_run_cell callback keep_report_fresh registers
 
 
 def keep_report_fresh(run_dir: str | Path, shell: Any = None) -> bool:
@@ -384,12 +383,9 @@ def keep_report_fresh(run_dir: str | Path, shell: Any = None) -> bool:
         more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
         print(f"report: rewrote {run_dir / REPORT_FILE} ({names}{more} changed)")
 
-    old = _REPORT_HOOKS.pop(id(shell), None)
-    if old is not None:
-        try:
-            shell.events.unregister("post_run_cell", old)
-        except ValueError:
-            pass  # already gone
+    # the shell's callbacks say which hook an earlier call registered (marked below)
+    for old in [f for f in shell.events.callbacks["post_run_cell"] if getattr(f, REPORT_HOOK_MARK, False)]:
+        shell.events.unregister("post_run_cell", old)
+    setattr(refresh, REPORT_HOOK_MARK, True)
     shell.events.register("post_run_cell", refresh)
-    _REPORT_HOOKS[id(shell)] = refresh
     return True

@@ -16,7 +16,6 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 from html import escape
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -27,8 +26,8 @@ from .data import content_labels, load_images
 from .evaluate import embed_target, similarity, unique_images
 from .features import frozen_features
 from .model import METHODS
-from .pipeline import cache_dir, get_backbone, load_trained_model, test_table
-from .train import resolve_device
+from .context import Run
+from .pipeline import load_trained_model
 from .plots import VARIANTS
 
 
@@ -115,29 +114,30 @@ def sample_captions(test: pd.DataFrame, langs: Sequence[str], max_captions: int,
     return sample.reset_index(drop=True)
 
 
-def collect_features(params: Params, run_dir: str | Path, methods: Sequence[str],
+def collect_features(run: Run, methods: Sequence[str],
                      setting: str = "finetune", max_captions: int | None = None,
                      seed: int | None = None) -> CaptionFeatures:
     """Embed a deterministic sample of target-language test captions (native and mt_clean)
     with each method's trained tower; keep r_T, f_sr, f_sa and the generated W_z."""
 
+    params = run.params
     cfg: ExploreConfig = params.explore
     max_captions = max_captions or cfg.max_captions
     seed = params.run.seeds[0] if seed is None else seed
-    test = test_table(params)
+    test = run.test_table()
     sample = sample_captions(test, params.data.langs, max_captions, seed=seed)
     labels = content_labels(sample)
     captions = pd.concat([sample[["caption_id", "image_id", "lang", "variant", "style", "caption"]],
                           labels], axis=1)
     colour_label = cfg.colour_content if cfg.colour_content in labels else labels.columns[0]
     captions["content"] = labels[colour_label].to_numpy()
-    backbone = get_backbone(params, run_dir, setting)
-    device = resolve_device(params.run.device)
+    backbone = run.backbone(setting)
+    device = run.device
     features = CaptionFeatures(captions=captions, setting=setting)
     for method in methods:
         if method not in METHODS or METHODS[method].oracle:
             continue  # the oracle has no target tower
-        model = load_trained_model(params, run_dir, setting, method, seed).to(device)
+        model = load_trained_model(run, setting, method, seed).to(device)
         parts: dict[str, list] = {}
         for lang, rows in captions.groupby("lang", sort=False):
             emb = embed_target(model, backbone, rows["caption"].tolist(), lang, device=device,
@@ -167,13 +167,13 @@ class ImageBank:
     images: np.ndarray        # (N, S, S, 3) uint8
 
 
-def image_bank(params: Params, run_dir: str | Path, setting: str = "finetune") -> ImageBank:
+def image_bank(run: Run, setting: str = "finetune") -> ImageBank:
     """The downstream test images with the setting's frozen image embeddings (cached)."""
-    test = test_table(params)
-    backbone = get_backbone(params, run_dir, setting)
+    params = run.params
+    test = run.test_table()
+    backbone = run.backbone(setting)
     feats = frozen_features(backbone, test, image_size=params.data.image_size,
-                            cache_dir=cache_dir(params, run_dir),
-                            device=resolve_device(params.run.device))
+                            cache_dir=run.cache_dir, device=run.device)
     images = unique_images(test)
     ids = images["image_id"].tolist()
     return ImageBank(image_ids=ids, image_emb=feats.images(ids).numpy(),

@@ -37,6 +37,7 @@ from typing import Sequence
 
 
 from . import pipeline, train
+from .context import Run
 from .config import (INTERACTIVE_ID, RUN_NAMING_KEYS, ConfigError, Params,  # noqa: F401
                      canonical_stage, find_project_root, load_params, save_params, seeds_used)
 from .execution import (COMPARE_NOTEBOOK, CROSS_RUN_NOTEBOOKS, KERNEL_NAME, NOTEBOOK_RE,  # noqa: F401
@@ -51,6 +52,7 @@ from .run_state import (FIRST_READER, STAGE_NOTEBOOKS, _claim_auto_folder,  # no
                         _with_run_id, default_run_id, first_reader, params_diff,
                         stale_finished_notebooks, stages_to_restart)
 from .storage import atomic_write
+from .vlp_stage import source_vlp
 
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 RUN_SUBDIRS = ("figures", "artifacts", "losses")
@@ -226,9 +228,10 @@ def _rewrite_report(run_dir: Path, records: _Records) -> None:
 # ----------------------------------------------------------------------------- in notebooks
 
 def prepare_run(params_file: str | Path, run_dir: str | Path,
-                overrides: Sequence[str] | None = None) -> tuple[Params, Path]:
-    """First call of every notebook: the run's Params and its folder (absolute), with
-    figures/, artifacts/ and losses/ created.
+                overrides: Sequence[str] | None = None) -> Run:
+    """First call of every notebook: the run object (context.Run) holding the run's Params
+    (`run.params`), its folder (`run.dir`, absolute, with figures/, artifacts/ and losses/
+    created) and, as the notebook reads them, its corpus tables and backbones.
 
     - run_dir holds params.yaml (a dasd-run run): those parameters, always. A different
       params_file or overrides that would change them are an error: a run's notebooks
@@ -281,7 +284,7 @@ def prepare_run(params_file: str | Path, run_dir: str | Path,
         for sub in RUN_SUBDIRS:
             (folder / sub).mkdir(parents=True, exist_ok=True)
         keep_report_fresh(folder)
-        return params, folder
+        return Run(params, folder)
     params = load_params(source, overrides)
     folder.mkdir(parents=True, exist_ok=True)
     return _record(_with_run_id(params, folder.name), folder, root or Path.cwd())
@@ -298,14 +301,14 @@ def _notebook_path(path: str | Path, root: Path | None) -> Path:
     return (root / p).resolve()
 
 
-def _record(params: Params, folder: Path, root: Path) -> tuple[Params, Path]:
+def _record(params: Params, folder: Path, root: Path) -> Run:
     save_params(params, folder / "params.yaml")
     env = collect_env(root) | {"seeds": seeds_used(params)}
     atomic_write(folder / "env.json", json.dumps(env, indent=2) + "\n")
     for sub in RUN_SUBDIRS:
         (folder / sub).mkdir(exist_ok=True)
     keep_report_fresh(folder)
-    return params, folder
+    return Run(params, folder)
 
 
 # ----------------------------------------------------------------------------- training outside the notebooks
@@ -359,10 +362,11 @@ def train_main(argv: list[str] | None = None) -> int:
         return 2
     try:
         stage = canonical_stage(args.stage)
+        run = Run(params, run_dir)
         if stage == "vlp":
-            pipeline.source_vlp(params, run_dir, restart=args.restart)
+            source_vlp(run, restart=args.restart)
         else:
-            summary = pipeline.train_stage_all(params, run_dir, stage, restart=args.restart)
+            summary = pipeline.train_stage_all(run, stage, restart=args.restart)
             if train.is_main_process():
                 print(summary.to_string())
     finally:

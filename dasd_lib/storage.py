@@ -275,20 +275,23 @@ def load_state(folder: str | Path, device: str | torch.device = "cpu",
 # The runner sets this to a file in the run folder; the kernel inherits it and reports the
 # training loop's and the evaluation's progress there, which the runner prints every 30 s.
 PROGRESS_ENV = "DASD_PROGRESS_FILE"
-_last_report: dict[str, float] = {}
 
 
 def report_progress(what: str, done: int, total: int, *, every_s: float = 2.0) -> None:
     """Write {what, done, total, time} to $DASD_PROGRESS_FILE, at most every `every_s`
-    seconds (and always at the end); nothing without the variable. Progress is a courtesy:
-    a write that fails is ignored, never the run's failure."""
+    seconds (the file's own mtime says when it was written last; always at the end); nothing
+    without the variable. Progress is a courtesy: a write that fails is ignored, never the
+    run's failure."""
     path = os.environ.get(PROGRESS_ENV)
     if not path:
         return
     now = time.time()
-    if done < total and now - _last_report.get(path, 0.0) < every_s:
-        return
-    _last_report[path] = now
+    if done < total and every_s > 0:
+        try:
+            if now - os.stat(path).st_mtime < every_s:
+                return
+        except OSError:
+            pass  # not written yet
     try:
         atomic_write(path, json.dumps({"what": what, "done": done, "total": total, "time": now}))
     except OSError:

@@ -31,10 +31,11 @@ def smoke_params(tmp: Path, *extra: str):
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory):
     """(params, run_dir) with notebook 01's work done: corpora generated, tiny VLP trained."""
-    from dasd_lib.pipeline import source_vlp
+    from dasd_lib.context import Run
+    from dasd_lib.vlp_stage import source_vlp
     tmp = tmp_path_factory.mktemp("smoke")
     params = smoke_params(tmp)
     run_dir = tmp / "reports" / "smoke"
     run_dir.mkdir(parents=True)
-    source_vlp(params, run_dir)
+    source_vlp(Run(params, run_dir))
     return params, run_dir

@@ -45,7 +45,7 @@ from dasd_lib.backbones import BackboneError, load_backbone, read_mbert_embeddin
 from dasd_lib.checkpoint import CheckpointError, from_pretrained, load_state, save_state
 from dasd_lib.data import (COLUMNS, LANGS, DataError, load_images, load_manifest, load_release,
                            write_release_layout)
-from dasd_lib.pipeline import get_backbone, load_table
+from dasd_lib.context import Run
 
 CHILD = Path(__file__).parent / "fault_helpers" / "train_child.py"
 FUZZ = settings(max_examples=60, deadline=None, derandomize=True, database=None,
@@ -60,8 +60,9 @@ def _cla_params(params, steps=6, every=2):
 
 
 def _inputs(params, run_dir, cache_dir=None):
-    backbone = get_backbone(params, run_dir, "finetune")
-    rows = T.training_rows(load_table(params.data), params.data.langs)
+    run = Run(params, run_dir)
+    backbone = run.backbone("finetune")
+    rows = T.training_rows(run.table(params.data), params.data.langs)
     feats = T.frozen_features(backbone, rows, image_size=params.data.image_size,
                               cache_dir=cache_dir or run_dir / "artifacts" / "cache",
                               device=torch.device("cpu"))
@@ -308,7 +309,7 @@ def test_corrupt_feature_cache_is_recomputed_with_warning(smoke_run, tmp_path, c
                                          ("config.json", "truncate")])
 def test_truncated_model_or_backbone_names_the_file(reference, tmp_path, target, kind):
     params, run_dir, ref = reference
-    backbone = get_backbone(params, run_dir, "finetune")
+    backbone = Run(params, run_dir).backbone("finetune")
     model = shutil.copytree(ref / "model", tmp_path / "model")
     assert from_pretrained(model, backbone) is not None
     _corrupt(model / target, kind)
@@ -400,7 +401,7 @@ def _forge_config(folder: Path, weights: str, meta_name: str, meta: dict) -> Non
 def test_planted_pickles_never_run(smoke_run, tmp_path):
     params, run_dir = smoke_run
     marker = tmp_path / "PWNED"
-    backbone = get_backbone(params, run_dir, "finetune")
+    backbone = Run(params, run_dir).backbone("finetune")
 
     # mBERT weights as a .bin (zip and legacy pickle), and as a shard of an index
     for legacy in (False, True):
@@ -496,8 +497,8 @@ def test_the_lint_rules_catch_every_unsafe_weight_read(tmp_path):
 
 def test_smoke_pipeline_runs_with_the_network_blocked(tmp_path, monkeypatch):
     from dasd_lib.data import style_frequencies, token_coverage
-    from dasd_lib.pipeline import evaluate_run
-    from dasd_lib.pipeline import forget_backbones, source_vlp, train_stage_all
+    from dasd_lib.pipeline import evaluate_run, train_stage_all
+    from dasd_lib.vlp_stage import source_vlp
 
     attempts = []
 
@@ -518,15 +519,13 @@ def test_smoke_pipeline_runs_with_the_network_blocked(tmp_path, monkeypatch):
                                     "zeroshot: [floor, oracle, dasd]}")
     run_dir = tmp_path / "reports" / "offline"
     run_dir.mkdir(parents=True)
-    try:
-        table = load_table(params.data)                                # 00
-        style_frequencies(table), token_coverage(table)
-        vlp = source_vlp(params, run_dir)                              # 01
-        cla = train_stage_all(params, run_dir, "cla")                  # 02
-        cma = train_stage_all(params, run_dir, "cma")                  # 03
-        results = evaluate_run(params, run_dir)                        # 04
-    finally:
-        forget_backbones()
+    run = Run(params, run_dir)
+    table = run.table(params.data)                                     # 00
+    style_frequencies(table), token_coverage(table)
+    vlp = source_vlp(run)                                              # 01
+    cla = train_stage_all(run, "cla")                                  # 02
+    cma = train_stage_all(run, "cma")                                  # 03
+    results = evaluate_run(run)                                        # 04
     assert attempts == []
     assert vlp.english_test and len(cla) == len(cma) == 3
     assert np.isfinite(cma.final_loss).all()
@@ -556,8 +555,8 @@ def _assert_names(err: Exception, folder: Path) -> None:
 @pytest.fixture(scope="module")
 def release_layout(smoke_run, tmp_path_factory):
     """A small valid release layout (own image copies), from the smoke corpus."""
-    params, _ = smoke_run
-    table = load_table(params.data)
+    params, run_dir = smoke_run
+    table = Run(params, run_dir).table(params.data)
     keep = table.drop_duplicates("image_id").groupby("split").head(2).image_id
     part = table[table.image_id.isin(keep) & table.lang.isin(["en", "de"])]
     out = tmp_path_factory.mktemp("release")
@@ -671,7 +670,7 @@ def test_fuzzed_manifest_gives_table_or_named_data_error(release_layout, data):
 def target_model(smoke_run):
     from dasd_lib.model import build_target_model
     params, run_dir = smoke_run
-    backbone = get_backbone(params, run_dir, "finetune")
+    backbone = Run(params, run_dir).backbone("finetune")
     torch.manual_seed(0)
     return backbone, build_target_model(backbone, params.model, "dasd", params.data.langs).eval()
 
@@ -829,11 +828,11 @@ def test_bad_annotation_bytes_name_the_file(tmp_path, content, says):
 
 WAIT_CELL = textwrap.dedent("""
     import time
-    (run / "started").write_text("1")
+    (run.dir / "started").write_text("1")
     t0 = time.time()
-    while not (run / "go").exists() and time.time() - t0 < 120:
+    while not (run.dir / "go").exists() and time.time() - t0 < 120:
         time.sleep(0.05)
-    (run / "done.txt").write_text(str(params.cla.steps))
+    (run.dir / "done.txt").write_text(str(params.cla.steps))
 """)
 
 
@@ -848,7 +847,8 @@ def _one_notebook_project(tmp_path: Path, name: str, cell: str, run_id: str) -> 
     nb.cells = [nbformat.v4.new_code_cell('params_file = ""\nrun_dir = ""\noverrides = []',
                                           metadata={"tags": ["parameters"]}),
                 nbformat.v4.new_code_cell("from dasd_lib.run import prepare_run\n"
-                                          "params, run = prepare_run(params_file, run_dir, overrides)"),
+                                          "run = prepare_run(params_file, run_dir, overrides)\n"
+                                          "params = run.params"),
                 nbformat.v4.new_code_cell(cell)]
     nbformat.write(nb, tmp_path / "notebooks" / name)
     exe = Path(sys.executable).with_name("dasd-run")
@@ -890,12 +890,12 @@ def test_two_dasd_run_processes_with_one_run_id(tmp_path):
 
 TICK_CELL = textwrap.dedent("""\
     import os, time
-    (run / "kernel.pid").write_text(str(os.getpid()))
-    if (run / "resumed").exists():
-        (run / "done.txt").write_text("1")
+    (run.dir / "kernel.pid").write_text(str(os.getpid()))
+    if (run.dir / "resumed").exists():
+        (run.dir / "done.txt").write_text("1")
     else:
         for i in range(2400):  # about two minutes of writes, unless killed
-            (run / "ticks.txt").write_text(str(i))
+            (run.dir / "ticks.txt").write_text(str(i))
             time.sleep(0.05)
 """)
 

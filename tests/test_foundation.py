@@ -151,7 +151,8 @@ def test_committed_notebooks_are_clean():
 
 def test_notebook_check_catches_each_problem():
     body = nbformat.v4.new_code_cell("%matplotlib inline\nfrom dasd_lib.run import prepare_run\n"
-                                     "params, run = prepare_run(params_file, run_dir, overrides)")
+                                     "run = prepare_run(params_file, run_dir, overrides)\n"
+                                     "params = run.params")
     assert notebook_problems(_nb(nbformat.v4.new_markdown_cell("# 02"), PARAMS, body)) == []
 
     executed = nbformat.v4.new_code_cell("x = 1", execution_count=3,

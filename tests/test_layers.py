@@ -1,10 +1,13 @@
 """The layering of dasd_lib (docs/architecture.md): each module imports only modules of its
 own layer or the ones below, the import graph has no cycle, and dasd_lib modules are
 imported at module top, not inside functions. Read from the source with ast, so the test
-sees function-level imports too."""
+sees function-level imports too. Also: no process-wide memo or other module-level container
+a function changes (a run's tables and backbones live on its context.Run), and no library
+file over 500 lines."""
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 from conftest import ROOT
@@ -17,8 +20,9 @@ LAYERS = [
     ["model"],
     ["features", "checkpoint", "official"],
     ["train"],
+    ["context"],
     ["evaluate", "report", "report_html"],
-    ["pipeline"],
+    ["pipeline", "vlp_stage"],
     ["plots"],
     ["explorer"],
     ["disentangle", "compare", "findings", "study"],
@@ -135,3 +139,97 @@ def test_dasd_lib_modules_are_imported_at_module_top():
     _, inner = import_graph()
     assert inner - KNOWN_INNER == set(), "import dasd_lib modules at module top"
     assert KNOWN_INNER - inner == set(), "a known debt is paid: remove it from KNOWN_INNER"
+
+
+# ----------------------------------------------------------------------------- no process-wide state
+
+# decorators that memoise in the process (functools.lru_cache, functools.cache); a memo
+# belongs to an object (context.Run holds the tables and backbones) or to one call
+CACHE_DECORATORS = {"lru_cache", "cache"}
+MUTABLE_CALLS = {"dict", "list", "set", "defaultdict", "OrderedDict", "Counter", "deque"}
+MUTATING_METHODS = {"append", "extend", "insert", "update", "setdefault", "pop", "popitem",
+                    "clear", "remove", "add", "discard", "appendleft", "popleft"}
+# (module, name) of module-level containers a function may change, each with its reason:
+# none left. A new one needs a reason here.
+KNOWN_MODULE_STATE: set[tuple[str, str]] = set()
+
+
+def _decorator_name(node: ast.expr) -> str:
+    node = node.func if isinstance(node, ast.Call) else node
+    return node.attr if isinstance(node, ast.Attribute) else getattr(node, "id", "")
+
+
+def _is_mutable_value(node: ast.expr | None) -> bool:
+    if isinstance(node, (ast.Dict, ast.List, ast.Set, ast.DictComp, ast.ListComp, ast.SetComp)):
+        return True
+    return isinstance(node, ast.Call) and _decorator_name(node) in MUTABLE_CALLS
+
+
+def module_state() -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
+    """({(module, function) memoised by a cache decorator}, {(module, name) of a module-level
+    dict, list or set that a function body changes: item assignment or deletion, a mutating
+    method, or a `global` rebinding})."""
+    cached, mutated = set(), set()
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module = module_name(path)
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        containers = set()
+        for node in tree.body:
+            targets = (node.targets if isinstance(node, ast.Assign)
+                       else [node.target] if isinstance(node, ast.AnnAssign) else [])
+            if _is_mutable_value(getattr(node, "value", None)):
+                containers |= {t.id for t in targets if isinstance(t, ast.Name)}
+        functions = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+        for fn in functions:
+            if any(_decorator_name(d) in CACHE_DECORATORS for d in fn.decorator_list):
+                cached.add((module, fn.name))
+            for node in ast.walk(fn):
+                if isinstance(node, ast.Global):
+                    mutated |= {(module, n) for n in node.names}
+                elif isinstance(node, ast.Subscript) and isinstance(node.ctx, (ast.Store, ast.Del)):
+                    if isinstance(node.value, ast.Name) and node.value.id in containers:
+                        mutated.add((module, node.value.id))
+                elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                      and node.func.attr in MUTATING_METHODS and isinstance(node.func.value, ast.Name)
+                      and node.func.value.id in containers):
+                    mutated.add((module, node.func.value.id))
+    return cached, mutated
+
+
+def test_no_module_level_caches():
+    cached, mutated = module_state()
+    assert cached == set(), "a process-wide memo (lru_cache / cache): keep it on an object"
+    assert mutated - KNOWN_MODULE_STATE == set(), "module-level state changed by a function"
+    assert KNOWN_MODULE_STATE - mutated == set(), "a known debt is paid: remove it from KNOWN_MODULE_STATE"
+
+
+def test_the_checks_see_module_state(tmp_path, monkeypatch):
+    """The scanner itself: it flags the shapes a cache takes, and not local containers."""
+    package = tmp_path / "dasd_lib"
+    package.mkdir()
+    (package / "a.py").write_text(
+        "import functools\nfrom functools import lru_cache\n"
+        "_SEEN = {}\n_LIST: list = []\n_FIXED = {'x': 1}\n_BUILT = dict()\n_BUILT['y'] = 2\n"
+        "@lru_cache(maxsize=8)\ndef f(x): return x\n"
+        "@functools.cache\ndef g(x): return x\n"
+        "def h(k):\n    _SEEN[k] = 1\n    _LIST.append(k)\n    local = {}\n    local[k] = 1\n"
+        "    return _FIXED[k]\n"
+        "def i():\n    global _COUNT\n    _COUNT = 1\n", encoding="utf-8")
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", package)
+    cached, mutated = module_state()
+    assert cached == {("a", "f"), ("a", "g")}
+    assert mutated == {("a", "_SEEN"), ("a", "_LIST"), ("a", "_COUNT")}
+
+
+# ----------------------------------------------------------------------------- short files
+
+MAX_LINES = 500
+# files over MAX_LINES, each with its reason: issue 13 item 5, not split yet
+KNOWN_LONG = {"config.py", "train.py"}
+
+
+def test_no_library_file_over_500_lines():
+    long = {p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.py")
+            if len(p.read_text(encoding="utf-8").splitlines()) > MAX_LINES}
+    assert long - KNOWN_LONG == set(), f"a dasd_lib file over {MAX_LINES} lines: split it"
+    assert KNOWN_LONG - long == set(), "a known debt is paid: remove it from KNOWN_LONG"

@@ -19,7 +19,8 @@ import torch
 from dasd_lib import train as T
 from dasd_lib.checkpoint import load_state
 from dasd_lib.config import load_params
-from dasd_lib.pipeline import RunPaths, forget_backbones, load_trained_model, train_stage_all
+from dasd_lib.context import Run, RunPaths
+from dasd_lib.pipeline import load_trained_model, train_stage_all
 
 ROOT = Path(__file__).resolve().parents[1]
 ACCELERATE = Path(sys.executable).parent / "accelerate"
@@ -66,8 +67,7 @@ def test_two_processes_match_one_with_twice_the_batch(tmp_path):
     shutil.copytree(run_dir / "artifacts" / "backbone", single / "artifacts" / "backbone")
     args = _overrides(tmp_path, 16)
     params = load_params(ROOT / "params" / "smoke.yaml", [*args[1::2], "run.run_id=single"])
-    forget_backbones()
-    train_stage_all(params, single, "cla")
+    train_stage_all(Run(params, single), "cla")
 
     multi_ckpt = RunPaths(run_dir).checkpoint("finetune", METHOD, 0, "cla")
     single_ckpt = RunPaths(single).checkpoint("finetune", METHOD, 0, "cla")
@@ -86,11 +86,10 @@ def test_two_processes_match_one_with_twice_the_batch(tmp_path):
     # notebook 03 (CMA from the CLA model, same record check) and 04 (load_trained_model)
     # read the two-process run with the parameters it saved
     params = load_params(run_dir / "params.yaml")
-    forget_backbones()
-    train_stage_all(params, run_dir, "cma")
-    model = load_trained_model(params, run_dir, "finetune", METHOD, 0)
+    run = Run(params, run_dir)
+    train_stage_all(run, "cma")
+    model = load_trained_model(run, "finetune", METHOD, 0)
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) > 0
-    forget_backbones()
 
 
 def test_warns_when_accelerate_starts_one_of_several(monkeypatch, caplog):

@@ -398,7 +398,8 @@ def test_command_line_imports(tmp_path, capsys):
 
 def test_a_run_evaluates_the_imported_model(imported, tmp_path):
     from conftest import smoke_params
-    from dasd_lib.pipeline import check_methods, evaluate_run, forget_backbones, load_trained_model
+    from dasd_lib.context import Run
+    from dasd_lib.pipeline import check_methods, evaluate_run, load_trained_model
     _, root, _, _, _ = imported
     extra = [f"run.imported={root / 'out'}", "data.langs=[de, fr]", "run.settings=[finetune]",
              "run.methods={finetune: [floor, oracle, dasd]}", "run.eval_variants=[native]"]
@@ -406,18 +407,17 @@ def test_a_run_evaluates_the_imported_model(imported, tmp_path):
     check_methods(params)
     run_dir = tmp_path / "reports" / "imported"
     run_dir.mkdir(parents=True)
-    forget_backbones()
-    try:
-        model = load_trained_model(params, run_dir, "finetune", "dasd", 0)
-        assert model.cfg.compat == "official" and model.backbone.width == W
-        frame = evaluate_run(params, run_dir, write=False)
-    finally:
-        forget_backbones()
+    run = Run(params, run_dir)
+    model = load_trained_model(run, "finetune", "dasd", 0)
+    assert model.cfg.compat == "official" and model.backbone.width == W
+    frame = evaluate_run(run, write=False)
     assert set(frame.method) == {"floor", "oracle", "dasd"}
     assert sorted(frame[frame.method == "dasd"].lang) == ["de", "fr"]
     with pytest.raises(ConfigError, match=r"\['static'\] are trained by notebooks 02-03"):
         check_methods(smoke_params(tmp_path, *extra[:-2], "run.methods={finetune: [static, dasd]}"))
     with pytest.raises(ConfigError, match="has adapters for \\['de', 'fr'\\] only"):
-        load_trained_model(smoke_params(tmp_path, *extra[:1], "data.langs=[de, cs]"), run_dir, "finetune", "dasd", 0)
+        load_trained_model(Run(smoke_params(tmp_path, *extra[:1], "data.langs=[de, cs]"), run_dir),
+                           "finetune", "dasd", 0)
     with pytest.raises(ConfigError, match="no backbone/ and dasd/ folders"):
-        load_trained_model(smoke_params(tmp_path, f"run.imported={tmp_path}"), run_dir, "finetune", "dasd", 0)
+        load_trained_model(Run(smoke_params(tmp_path, f"run.imported={tmp_path}"), run_dir),
+                           "finetune", "dasd", 0)

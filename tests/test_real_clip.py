@@ -27,7 +27,8 @@ from PIL import Image
 
 from conftest import ROOT, smoke_params
 from test_backbones_hf import EN, make_hf_folders
-from dasd_lib import pipeline
+from dasd_lib import vlp_stage
+from dasd_lib.context import Run, RunPaths
 from dasd_lib import train as T
 from dasd_lib.backbones import BackboneError, load_backbone, load_hf_backbone
 from dasd_lib.config import ConfigError, StageConfig, load_params
@@ -196,10 +197,10 @@ def test_hf_preprocessing_settings_enter_the_frozen_cache_key_and_the_vlp_record
     # the English fine-tune's record follows the folder's processor file, same path
     params = smoke_params(tmp_path, "model.backbone=hf", f"model.clip_path={cfg_a.clip_path}",
                           f"model.mbert_path={cfg.mbert_path}")
-    before = pipeline.vlp_record(params, table, [])
-    assert pipeline.vlp_record(params, table, []) == before
+    before = vlp_stage.vlp_record(params, table, [])
+    assert vlp_stage.vlp_record(params, table, []) == before
     (Path(cfg_a.clip_path) / "preprocessor_config.json").write_text(json.dumps(other))
-    after = pipeline.vlp_record(params, table, [])
+    after = vlp_stage.vlp_record(params, table, [])
     assert after["fingerprint"] != before["fingerprint"]
     assert after["inputs"]["image_preprocess"]["mean"] == [0.5, 0.5, 0.5]
 
@@ -357,9 +358,9 @@ def test_source_vlp_gives_the_fine_tune_files_to_stream(tmp_path, monkeypatch):
         got.update(kw)
         raise Stop
 
-    monkeypatch.setattr(pipeline, "train_vlp_stage", fake)
+    monkeypatch.setattr(vlp_stage, "train_vlp_stage", fake)
     with pytest.raises(Stop):
-        pipeline.source_vlp(params, tmp_path / "reports" / "run")
+        vlp_stage.source_vlp(Run(params, tmp_path / "reports" / "run"))
     images = got["images"]
     assert isinstance(images, T.StreamedImages) and len(images) == 8      # 8 training images
     assert all(Path(p).is_file() for p in images.paths)
@@ -375,27 +376,23 @@ def test_finetune_without_its_fine_tuned_clip_stops(hf_folders, tmp_path):
     hf = ["model.backbone=hf", f"model.clip_path={cfg.clip_path}", f"model.mbert_path={cfg.mbert_path}",
           "data.image_size=32", "web.image_size=32"]
     run_dir = tmp_path / "reports" / "run"
-    try:
-        params = smoke_params(tmp_path, *hf, "vlp.epochs=5", "vlp.steps=0")
-        with pytest.raises(T.TrainingError, match=r"fine-tuned CLIP.*holds none.*01_source_vlp"):
-            pipeline.get_backbone(params, run_dir, "finetune")
-        with pytest.raises(T.TrainingError, match="01_source_vlp"):   # steps count as well
-            pipeline.get_backbone(smoke_params(tmp_path, *hf, "vlp.epochs=0", "vlp.steps=3"),
-                                  run_dir, "finetune")
-        raw = load_hf_backbone(cfg).identity()["weights_hash"]
-        # zero-shot uses the CLIP as it is; so does finetune when no fine-tune is asked for
-        assert pipeline.get_backbone(params, run_dir, "zeroshot").identity()["weights_hash"] == raw
-        none = smoke_params(tmp_path, *hf, "vlp.epochs=0", "vlp.steps=0")
-        assert pipeline.get_backbone(none, run_dir, "finetune").identity()["weights_hash"] == raw
-        # with the fine-tuned CLIP in the run folder, finetune takes it
-        tuned = load_hf_backbone(cfg)
-        with torch.no_grad():
-            tuned.clip.logit_scale.add_(0.5)
-        tuned.save(pipeline.RunPaths(run_dir).finetuned_backbone)
-        got = pipeline.get_backbone(params, run_dir, "finetune").identity()["weights_hash"]
-        assert got == tuned.identity()["weights_hash"] != raw
-    finally:
-        pipeline.forget_backbones()
+    params = smoke_params(tmp_path, *hf, "vlp.epochs=5", "vlp.steps=0")
+    with pytest.raises(T.TrainingError, match=r"fine-tuned CLIP.*holds none.*01_source_vlp"):
+        Run(params, run_dir).backbone("finetune")
+    with pytest.raises(T.TrainingError, match="01_source_vlp"):   # steps count as well
+        Run(smoke_params(tmp_path, *hf, "vlp.epochs=0", "vlp.steps=3"), run_dir).backbone("finetune")
+    raw = load_hf_backbone(cfg).identity()["weights_hash"]
+    # zero-shot uses the CLIP as it is; so does finetune when no fine-tune is asked for
+    assert Run(params, run_dir).backbone("zeroshot").identity()["weights_hash"] == raw
+    none = smoke_params(tmp_path, *hf, "vlp.epochs=0", "vlp.steps=0")
+    assert Run(none, run_dir).backbone("finetune").identity()["weights_hash"] == raw
+    # with the fine-tuned CLIP in the run folder, finetune takes it
+    tuned = load_hf_backbone(cfg)
+    with torch.no_grad():
+        tuned.clip.logit_scale.add_(0.5)
+    tuned.save(RunPaths(run_dir).finetuned_backbone)
+    got = Run(params, run_dir).backbone("finetune").identity()["weights_hash"]
+    assert got == tuned.identity()["weights_hash"] != raw
 
 
 # ----------------------------------------------------------------------------- (f) paper files

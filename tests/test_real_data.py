@@ -327,6 +327,8 @@ def test_library_runs_real_layout_with_hf_backbone(release):
     the hf CLIP, CLA and CMA in both settings, evaluation with ja (and en) on folds and zh
     on its own test set."""
     from dasd_lib import pipeline
+    from dasd_lib.context import Run
+    from dasd_lib.vlp_stage import source_vlp
     tmp = release["tmp"]
     english = Path(release["coco"]).parents[1] / "ref_captions.json"
     run_dir = tmp / "reports" / "lib"
@@ -335,23 +337,24 @@ def test_library_runs_real_layout_with_hf_backbone(release):
         tmp, release["coco"], ["ja", "zh"], release["clip"], release["bert"], release["hidden"],
         "run.kfold=2", "run.kfold_langs=[en, ja]", f"data.english_path={english}",
         f"web.english_path={english}"))
-    table = pipeline.load_table(params.data)
+    run = Run(params, run_dir)
+    table = run.table(params.data)
     assert set(table.lang) == {"en", "ja", "zh"} and (table["style"] == "").all()
 
-    vlp = pipeline.source_vlp(params, run_dir)
+    vlp = source_vlp(run)
     assert len(vlp.losses) == 2 and np.isfinite(vlp.losses.total).all()
     assert (run_dir / "artifacts" / "backbone_finetune" / "config.json").exists()
     assert vlp.english_test["n_images"] == 4               # en test: the fold images only
     for stage in ("cla", "cma"):
-        summary = pipeline.train_stage_all(params, run_dir, stage)
+        summary = pipeline.train_stage_all(run, stage)
         assert set(summary.setting) == {"finetune", "zeroshot"}
         assert np.isfinite(summary.final_loss).all()
     # the finetune setting uses the fine-tuned CLIP, zero-shot the one from clip_path
-    ft = pipeline.get_backbone(params, run_dir, "finetune").identity()["weights_hash"]
-    zs = pipeline.get_backbone(params, run_dir, "zeroshot").identity()["weights_hash"]
+    ft = run.backbone("finetune").identity()["weights_hash"]
+    zs = run.backbone("zeroshot").identity()["weights_hash"]
     assert ft != zs
 
-    results = pipeline.evaluate_run(params, run_dir)
+    results = pipeline.evaluate_run(run)
     assert (run_dir / "results.csv").is_file()
     assert set(results.variant) == {"native"}
     dasd = results[(results.method == "dasd")].set_index(["setting", "lang"])
@@ -364,18 +367,18 @@ def test_library_runs_real_layout_with_hf_backbone(release):
     # and with kfold on every language, zh's 3 images fail loudly rather than mis-split
     from dataclasses import replace
     with pytest.raises(ValueError, match="do not split into 2 equal folds"):
-        pipeline.evaluate_run(replace(params, run=replace(params.run, kfold_langs=[])), run_dir,
+        pipeline.evaluate_run(Run(replace(params, run=replace(params.run, kfold_langs=[])), run_dir),
                               write=False)
 
 
 def test_hf_images_smaller_than_clip_input_are_refused(release):
-    from dasd_lib import pipeline
+    from dasd_lib.context import Run
     tmp = release["tmp"]
     params = load_params(SMOKE, real_overrides(
         tmp, release["m30k"], ["de", "fr"], release["clip"], release["bert"], release["hidden"],
         "data.image_size=16", "run.settings=[finetune]", "vlp.steps=0"))
     with pytest.raises(ConfigError, match=r"data.image_size is 16 .* set data.image_size: 32"):
-        pipeline.get_backbone(params, tmp / "reports" / "nope", "finetune")
+        Run(params, tmp / "reports" / "nope").backbone("finetune")
 
 
 # ----------------------------------------------------------------------------- notebooks

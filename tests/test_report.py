@@ -189,7 +189,11 @@ def test_notebook_and_report_tables_share_one_aggregation():
 def test_eval_split_picks_the_rows_and_is_named_in_the_tables(tmp_path):
     from conftest import smoke_params
     from dasd_lib.config import ConfigError
-    from dasd_lib.pipeline import test_table
+    from dasd_lib.context import Run
+
+    def test_table(params):
+        return Run(params, tmp_path / "reports" / "split").test_table()
+
     val = test_table(smoke_params(tmp_path, "run.eval_split=val"))
     assert set(val["split"]) == {"val"} and len(val) > 0
     assert set(test_table(smoke_params(tmp_path))["split"]) == {"test"}

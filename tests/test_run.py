@@ -22,16 +22,17 @@ import yaml
 
 from dasd_lib import run as runner
 from dasd_lib.config import ConfigError
+from dasd_lib.context import Run
 from dasd_lib.run import (NotebookFailed, RunError, RunExistsError, RunLock, RunLockedError,
                           main, prepare_run, run_notebooks)
 
 PARAMS_CELL = 'params_file = ""\nrun_dir = ""\noverrides = []'
 PREPARE = ("from dasd_lib.run import prepare_run\n"
-           "params, run = prepare_run(params_file, run_dir, overrides)")
+           "run = prepare_run(params_file, run_dir, overrides)\nparams = run.params")
 
 
 def mark(name: str) -> str:
-    return f'with open(run / "order.txt", "a") as f:\n    f.write("{name}\\n")'
+    return f'with open(run.dir / "order.txt", "a") as f:\n    f.write("{name}\\n")'
 
 
 def notebook(*cells: str) -> nbformat.NotebookNode:
@@ -51,8 +52,8 @@ def project(tmp_path):
     nbs.mkdir()
     books = {
         "00_write.ipynb": notebook(PREPARE, mark("00") + "\n"
-                                   "import os\n(run / 'cwd.txt').write_text(os.getcwd())\n"
-                                   "(run / 'steps.txt').write_text(str(params.cla.steps))"),
+                                   "import os\n(run.dir / 'cwd.txt').write_text(os.getcwd())\n"
+                                   "(run.dir / 'steps.txt').write_text(str(params.cla.steps))"),
         "01_second.ipynb": notebook(PREPARE, mark("01")),
         "02_fail.ipynb": notebook(PREPARE, 'raise ValueError("boom in cell two")', mark("02")),
         "03_after.ipynb": notebook(PREPARE, mark("03")),
@@ -259,30 +260,34 @@ def test_a_leftover_or_empty_lock_file_does_not_block(tmp_path):
 def test_prepare_run_modes(project, monkeypatch):
     pfile = project / "params" / "t.yaml"
     # a notebook run alone into a fresh folder: params recorded there
-    params, run = prepare_run(str(pfile), str(project / "reports" / "solo"), ["cla.steps=5"])
+    prepared = prepare_run(str(pfile), str(project / "reports" / "solo"), ["cla.steps=5"])
+    params, run = prepared.params, prepared.dir
     assert params.cla.steps == 5 and run == (project / "reports" / "solo").resolve()
+    assert isinstance(prepared, Run) and prepared.paths.figures == run / "figures"
     assert yaml.safe_load((run / "params.yaml").read_text())["cla"]["steps"] == 5
     assert (run / "env.json").is_file() and (run / "figures").is_dir()
     # later notebooks of that run: the recorded params win; conflicting ones are refused
-    again, _ = prepare_run(str(run / "params.yaml"), str(run), [])
-    assert again == params
-    assert prepare_run(str(pfile), str(run), ["cla.steps=5"])[0] == params
+    again = prepare_run(str(run / "params.yaml"), str(run), [])
+    assert again.params == params and again.dir == run and again is not prepared
+    assert prepare_run(str(pfile), str(run), ["cla.steps=5"]).params == params
     with pytest.raises(ConfigError, match=r"cla\.steps: 5 -> 3"):
         prepare_run(str(pfile), str(run), [])
     # opened alone in JupyterLab: cwd notebooks/, run_dir "" -> reports/interactive; relative
     # paths mean the project root, and the library never changes the working directory
     monkeypatch.chdir(project / "notebooks")
-    params, run = prepare_run("params/t.yaml", "", ["cla.steps=4"])
+    prepared = prepare_run("params/t.yaml", "", ["cla.steps=4"])
+    params, run = prepared.params, prepared.dir
     assert run == (project / "reports" / "interactive").resolve() and params.cla.steps == 4
     assert Path.cwd() == (project / "notebooks").resolve() and params.run.run_id == "interactive"
     assert (run / "params.yaml").is_file() and (run / "losses").is_dir()
     assert params.data.root == str((project / "dataset").resolve())
-    assert prepare_run("../params/t.yaml", "", ["cla.steps=4"])[0] == params  # the older form
+    assert prepare_run("../params/t.yaml", "", ["cla.steps=4"]).params == params  # the older form
     # a run's executed copy (kernel in reports/solo/notebooks/) names the run from the root
     (project / "reports" / "solo" / "notebooks").mkdir()
     monkeypatch.chdir(project / "reports" / "solo" / "notebooks")
-    assert prepare_run("params/t.yaml", "reports/solo", ["cla.steps=5"]) == (
-        prepare_run(str(pfile), str(project / "reports" / "solo"), ["cla.steps=5"]))
+    relative = prepare_run("params/t.yaml", "reports/solo", ["cla.steps=5"])
+    absolute = prepare_run(str(pfile), str(project / "reports" / "solo"), ["cla.steps=5"])
+    assert (relative.params, relative.dir) == (absolute.params, absolute.dir)
 
 
 def test_notebook_failed_message_names_everything():

@@ -11,13 +11,14 @@ import torch
 
 from dasd_lib import train as T
 from dasd_lib.checkpoint import load_state
-from dasd_lib.pipeline import (get_backbone, load_table, train_stage_all,
-                               load_losses)
+from dasd_lib.context import Run
+from dasd_lib.pipeline import load_losses, train_stage_all
 
 
 def _cla_data(params, run_dir, use_cache=True):
-    backbone = get_backbone(params, run_dir, "finetune")
-    rows = T.training_rows(load_table(params.data), params.data.langs)
+    run = Run(params, run_dir)
+    backbone = run.backbone("finetune")
+    rows = T.training_rows(run.table(params.data), params.data.langs)
     feats = T.frozen_features(backbone, rows, image_size=params.data.image_size,
                               cache_dir=run_dir / "artifacts" / "cache", device=torch.device("cpu"),
                               use_cache=use_cache)
@@ -91,8 +92,9 @@ def test_nan_loss_stops_naming_step_and_term(smoke_run, tmp_path):
 
 def test_every_method_trains_both_stages(smoke_run):
     params, run_dir = smoke_run
-    cla = train_stage_all(params, run_dir, "nlt")   # alias of cla
-    cma = train_stage_all(params, run_dir, "le")    # alias of cma
+    run = Run(params, run_dir)
+    cla = train_stage_all(run, "nlt")   # alias of cla
+    cma = train_stage_all(run, "le")    # alias of cma
     trained = {m for s in params.run.settings for m in params.run.methods[s] if m not in ("floor", "oracle")}
     assert set(cla.method) == trained and set(cma.method) == trained
     assert (cla.steps == params.cla.steps).all() and np.isfinite(cma.final_loss).all()

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dasd_lib.data import load_images
+
 
 class BackboneError(ValueError):
     """Bad input to a backbone, or a backbone folder/config that cannot be used."""
@@ -218,7 +220,6 @@ class Backbone(nn.Module):
         """Image files -> uint8 (N, size, size, 3) the way this backbone reads them (tiny:
         data.load_images at `size`, the corpus's image_size; hf overrides this with its
         CLIP's own processor settings). preprocess_images turns them into pixels."""
-        from dasd_lib.data import load_images
         return load_images(paths, size, on_missing=on_missing)
 
     def image_preprocessing(self) -> dict | None:

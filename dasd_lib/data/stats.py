@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 import pandas as pd
@@ -17,7 +16,6 @@ LABEL_COLUMNS = ["n_objects", "background", "main_shape", "main_colour", "main_s
                  "shapes", "colours", "twin_group"]
 
 
-@lru_cache(maxsize=None)
 def _labels_of(content: str) -> tuple[str, ...]:
     if not content:
         return ("",) * len(LABEL_COLUMNS)
@@ -39,7 +37,8 @@ def content_labels(table: pd.DataFrame) -> pd.DataFrame:
     (binding twins differ here, so a probe needs binding to predict it); shapes and
     colours = the sorted sets joined by '+'; twin_group. Empty strings where a row has no
     content (imported data)."""
-    labels = [_labels_of(c) for c in table["content"]]
+    parsed = {c: _labels_of(c) for c in set(table["content"])}  # a scene's captions share it
+    labels = [parsed[c] for c in table["content"]]
     return pd.DataFrame(labels, columns=LABEL_COLUMNS, index=table.index)
 
 

@@ -129,21 +129,16 @@ def check_test_rows(table: pd.DataFrame, langs: Iterable[str], where: str) -> No
                         f"remove it from data.langs")
 
 
-_COUNTER = None
-
-
 def _pre_token_counter():
     """A tokenizers.Tokenizer that maps each BERT pre-token to one id (WordLevel, all
-    [UNK]): its encodings' lengths are the pre-token counts, computed in batches in Rust."""
-    global _COUNTER
-    if _COUNTER is None:
-        from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
-        tok = Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
-        tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
-                                                    strip_accents=False, lowercase=False)
-        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        _COUNTER = tok
-    return _COUNTER
+    [UNK]): its encodings' lengths are the pre-token counts, computed in batches in Rust.
+    Built per call (it holds one word; building it takes microseconds)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    tok = Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
+                                                strip_accents=False, lowercase=False)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    return tok
 
 
 def token_lower_bounds(captions: list[str]) -> list[int]:

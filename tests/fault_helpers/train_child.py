@@ -72,7 +72,7 @@ def main() -> int:
 
     from dasd_lib import train as T
     from dasd_lib.config import load_params
-    from dasd_lib.pipeline import get_backbone, load_table
+    from dasd_lib.context import Run
 
     params = load_params(ROOT / "params" / "smoke.yaml", [
         f"data.root={a.tmp / 'dataset'}", f"web.root={a.tmp / 'dataset'}",
@@ -80,8 +80,9 @@ def main() -> int:
         f"cla.steps={a.steps}", f"cla.checkpoint_every={a.every}"])
     if a.hang:
         install_hang(a.hang, a.hang_step, a.signal)
-    backbone = get_backbone(params, a.run_dir, "finetune")
-    rows = T.training_rows(load_table(params.data), params.data.langs)
+    run = Run(params, a.run_dir)
+    backbone = run.backbone("finetune")
+    rows = T.training_rows(run.table(params.data), params.data.langs)
     feats = T.frozen_features(backbone, rows, image_size=params.data.image_size,
                               cache_dir=a.cache, device=torch.device("cpu"))
     data = T.make_target_data(backbone, rows, feats, with_images=False)

@@ -101,9 +101,6 @@ def word_forms(text: str, lang: str) -> list[str]:
     return _WORD.findall(text.lower())
 
 
-_LONGEST: dict[str, tuple[frozenset, int]] = {}
-
-
 def content_forms(text: str, lang: str) -> list[str]:
     """The content word forms in a caption (inventory words; longest match for ja/zh)."""
     inv = content_inventory(lang)
