@@ -147,6 +147,11 @@ class RunConfig:
     run_id: str = ""                # "" -> timestamp
     reports_dir: str = "reports"
     device: str = "auto"            # "auto", "cpu", "cuda"
+    # processes that train (notebooks 02-03) and evaluate (04) a run's methods side by side
+    # on the CPU, one thread each (dasd_lib.parallel): 0 = one per CPU core, 1 = in-process
+    # with torch's own thread count (results then differ from workers > 1 by float rounding:
+    # another thread count); on CUDA always in-process
+    workers: int = 0
     # torch.use_deterministic_algorithms (warn only) while training: with several CPU
     # threads some kernels otherwise reduce in a varying order (runs drifted by 1e-7 within
     # a dozen steps); on CUDA it also sets CUBLAS_WORKSPACE_CONFIG when unset
@@ -426,7 +431,7 @@ FP16_REFUSED = ("'fp16' is refused: fp16 autocast needs a gradient scaler, which
 # ranges: (keys, test, what the message says the value must be)
 _STAGE_COUNTS = ("steps", "epochs", "checkpoint_every", "log_every", "num_workers")
 RANGES = [
-    ([(s, k) for s in STAGES for k in _STAGE_COUNTS] + [("run", "bootstrap_samples"), ("run", "kfold")]
+    ([(s, k) for s in STAGES for k in _STAGE_COUNTS] + [("run", "bootstrap_samples"), ("run", "kfold"), ("run", "workers")]
      + [(s, k) for s in ("data", "web") for k in ("n_train", "n_val", "n_test")],
      lambda v: v >= 0, "0 or more"),
     ([(s, "batch_size") for s in STAGES] + [("run", "eval_batch_size"), ("explore", "max_captions"),
