@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -18,12 +19,13 @@ from .context import Run, RunPaths, corpus_config
 from .evaluate import (RESULT_COLUMNS, SCORE_KEYS, compare_methods, embed_target, kfold_for,
                        score_captions, score_captions_with_hits, unique_images)
 from .metrics import chance_sumr
+from .parallel import resolve_workers, run_jobs
 from .model import METHODS, build_target_model
 from .official import check_imported_methods, load_imported_tower
 from .report import COMPARISONS_FILE, write_results_markdown
 from .storage import atomic_csv, report_progress
 from .train import (TrainingError, features_key, frozen_features, is_main_process,
-                    make_target_data, on_main, stage_records, target_data_key,
+                    make_target_data, on_main, process_rank, stage_records, target_data_key,
                     train_target_stage, training_rows, wait_for_everyone)
 
 
@@ -62,51 +64,87 @@ def train_stage_all(run: Run, stage: str, resume: bool = True,
                     restart: bool = False) -> pd.DataFrame:
     """Train `stage` (cla/cma) for every setting, trained method and seed of the run.
     CMA starts from the same method's CLA weights. Returns one summary row per run.
-    A stage folder trained with other inputs raises StaleStageError unless `restart`."""
+    A stage folder trained with other inputs raises StaleStageError unless `restart`.
+    The (method, seed) jobs of a setting run in run.workers processes (dasd_lib.parallel)."""
     stage = canonical_stage(stage)
     params, paths = run.params, run.paths
     paths.losses.mkdir(parents=True, exist_ok=True)
-    device = run.device
     summary = []
     for setting in params.run.settings:
         methods = trained_methods(params, setting)
         if not methods:
             continue
-        backbone = run.backbone(setting)
-        corpus = corpus_config(params, setting)
-        rows = training_rows(run.table(corpus), params.data.langs)
-        def features():
-            return frozen_features(backbone, rows, image_size=corpus.image_size,
-                                   cache_dir=run.cache_dir, device=device)
-        kept: list = []
-        on_main(lambda: kept.append(features()))  # the main process encodes, writes the cache,
-        feats = kept[0] if kept else features()  # and the others then read it
-        data = make_target_data(backbone, rows, feats, with_images=(stage == "cma"))
+        on_main(lambda: _stage_inputs(run, setting) and None)  # encodes once, writes the cache
+        jobs = []
         for method in methods:
             for seed in params.run.seeds:
-                out = paths.checkpoint(setting, method, seed, stage)
                 init = paths.checkpoint(setting, method, seed, "cla") / "model" if stage == "cma" else None
                 if init is not None and not (init / "config.json").exists():
                     raise TrainingError(f"CMA for {setting}/{method}/seed{seed} needs the CLA model "
                                         f"in {init}; run notebook 02_train_cla first")
-                result = train_target_stage(params=params, stage=stage, method=method, seed=seed,
-                                            backbone=backbone, data=data, out_dir=out,
-                                            init_from=init, resume=resume, restart=restart,
-                                            setting=setting)
-                if is_main_process():  # the main process alone wrote losses.csv
-                    shutil.copyfile(out / "losses.csv",
-                                    paths.losses / f"{setting}__{method}__seed{seed}__{stage}.csv")
-                last = result.losses.iloc[-1] if len(result.losses) else {}
-                summary.append({"setting": setting, "method": method, "seed": seed, "stage": stage,
-                                "steps": result.steps, "seconds": round(result.seconds, 1),
-                                "samples_per_s": round(result.samples_per_s, 1),
-                                "final_loss": float(last.get("total", float("nan"))) if len(result.losses) else float("nan"),
-                                "trainable_params": result.extra["trainable_params"]})
+                jobs.append((method, seed))
+        summary += run_jobs(_train_job, jobs, workers=_workers(run), context_fn=_stage_context,
+                            context_args=(params, str(run.dir), setting, stage, resume, restart))
     frame = pd.DataFrame(summary)
     if is_main_process():
         atomic_csv(frame, paths.root / f"train_{stage}_summary.csv")
     wait_for_everyone()
     return frame
+
+
+def _workers(run: Run) -> int:
+    """Processes for a notebook's jobs (run.workers); under a multi-process launch
+    (accelerate) every process takes part in every job instead."""
+    return 1 if process_rank()[1] > 1 else resolve_workers(run.params.run.workers, run.device.type)
+
+
+def _stage_inputs(run: Run, setting: str):
+    """(backbone, training rows of the target languages, their frozen features)."""
+    backbone = run.backbone(setting)
+    corpus = corpus_config(run.params, setting)
+    rows = training_rows(run.table(corpus), run.params.data.langs)
+    feats = frozen_features(backbone, rows, image_size=corpus.image_size, cache_dir=run.cache_dir,
+                            device=run.device)
+    return backbone, rows, feats
+
+
+@dataclass
+class _StageJobs:
+    """What the (method, seed) jobs of one setting's stage share, built once per worker."""
+    run: Run
+    setting: str
+    stage: str
+    resume: bool
+    restart: bool
+    backbone: object
+    data: object
+
+
+def _stage_context(params: Params, run_dir: str, setting: str, stage: str, resume: bool,
+                   restart: bool) -> _StageJobs:
+    run = Run(params, run_dir)
+    backbone, rows, feats = _stage_inputs(run, setting)
+    data = make_target_data(backbone, rows, feats, with_images=(stage == "cma"))
+    return _StageJobs(run, setting, stage, resume, restart, backbone, data)
+
+
+def _train_job(ctx: _StageJobs, job: tuple[str, int]) -> dict:
+    """One method and seed of the context's stage: train it, copy its losses to the run's
+    losses/ folder, return its summary row."""
+    (method, seed), setting, stage, paths = job, ctx.setting, ctx.stage, ctx.run.paths
+    out = paths.checkpoint(setting, method, seed, stage)
+    init = paths.checkpoint(setting, method, seed, "cla") / "model" if stage == "cma" else None
+    result = train_target_stage(params=ctx.run.params, stage=stage, method=method, seed=seed,
+                                backbone=ctx.backbone, data=ctx.data, out_dir=out, init_from=init,
+                                resume=ctx.resume, restart=ctx.restart, setting=setting)
+    if is_main_process():  # the main process alone wrote losses.csv
+        shutil.copyfile(out / "losses.csv", paths.losses / f"{setting}__{method}__seed{seed}__{stage}.csv")
+    last = result.losses.iloc[-1] if len(result.losses) else {}
+    return {"setting": setting, "method": method, "seed": seed, "stage": stage,
+            "steps": result.steps, "seconds": round(result.seconds, 1),
+            "samples_per_s": round(result.samples_per_s, 1),
+            "final_loss": float(last.get("total", float("nan"))) if len(result.losses) else float("nan"),
+            "trainable_params": result.extra["trainable_params"]}
 
 
 def load_losses(run_dir: str | Path, stage: str) -> pd.DataFrame:
@@ -167,60 +205,104 @@ def english_oracle(run: Run, *, backbone=None, setting: str = "finetune") -> dic
     return metrics
 
 
+@dataclass
+class _EvalJobs:
+    """What every model's evaluation job shares, built once per worker: the test captions
+    and images; per setting the frozen features, per (setting, language, variant) the
+    tokenized captions (every method of a setting shares the backbone's tokenizer)."""
+    run: Run
+    test: pd.DataFrame
+    image_ids: list
+    n_models: int
+    features: dict = field(default_factory=dict)
+    tokens: dict = field(default_factory=dict)
+
+
+def _eval_context(params: Params, run_dir: str, n_models: int) -> _EvalJobs:
+    run = Run(params, run_dir)
+    test = run.test_table()
+    return _EvalJobs(run, test, unique_images(test).image_id.tolist(), n_models)
+
+
+def _test_features(ctx: _EvalJobs, setting: str):
+    """The setting's frozen features of the test set, from the run's cache."""
+    if setting not in ctx.features:
+        run = ctx.run
+        ctx.features[setting] = frozen_features(run.backbone(setting), ctx.test,
+                                                image_size=run.params.data.image_size,
+                                                cache_dir=run.cache_dir, device=run.device)
+    return ctx.features[setting]
+
+
+def _eval_job(ctx: _EvalJobs, job: tuple[int, str, str, int]) -> tuple[list, list, list]:
+    """One model on every target language and test variant: its results rows, the keys of
+    its per-image hit arrays, and the arrays."""
+    index, setting, method, seed = job
+    run, test, image_ids = ctx.run, ctx.test, ctx.image_ids
+    params = run.params
+    report_progress(f"evaluate {setting} {method} s{seed}", index, ctx.n_models, every_s=0)
+    backbone = run.backbone(setting)
+    image_emb = _test_features(ctx, setting).images(image_ids).numpy()
+    spec = METHODS[method]
+    model = load_trained_model(run, setting, method, seed).to(run.device)
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad) if spec.trained else 0
+    base = {"setting": setting, "method": method, "seed": seed}
+    rows, scored, hits = [], [], []
+    for lang in params.data.langs:
+        for variant in params.run.eval_variants:
+            caps = test[(test.lang == lang) & (test.variant == variant)]
+            if caps.empty:
+                continue
+            key = (setting, lang, variant)
+            if key not in ctx.tokens:
+                ctx.tokens[key] = backbone.tokenize_target(caps.caption.tolist())
+            emb = embed_target(model, backbone, caps.caption.tolist(), lang, device=run.device,
+                               batch_size=params.run.eval_batch_size, tokens=ctx.tokens[key])
+            m, h = score_captions_with_hits(emb.r_T, caps, image_ids, image_emb,
+                                            kfold_for(params, lang), params.run.i2t_protocol)
+            rows.append(base | {"variant": variant, "lang": lang, "trainable_params": n_trainable} | m)
+            scored.append(base | {"variant": variant, "lang": lang})
+            hits.append(h)
+    return rows, scored, hits
+
+
 def evaluate_run(run: Run, *, write: bool = True) -> pd.DataFrame:
     """Every (setting, method, seed, target language, test variant) of the run, in long
     form; the oracle is reported once per seed list under lang 'en'. With `write`:
-    results.csv, comparisons.csv (compare_methods on the same ranks) and results.md."""
+    results.csv, comparisons.csv (compare_methods on the same ranks) and results.md.
+    The models are evaluated in run.workers processes (dasd_lib.parallel)."""
     params, run_dir = run.params, run.dir
-    device = run.device
-    test = run.test_table()
-    images = unique_images(test)
-    image_ids = images.image_id.tolist()
-    rows, scored, hits = [], [], []
-    tokens: dict[tuple, tuple] = {}
     n_models = sum(len(params.run.seeds[:1] if METHODS[m].oracle else params.run.seeds)
                    for s in params.run.settings for m in params.run.methods.get(s, []))
-    n_done = 0
+    ctx = _eval_context(params, str(run_dir), n_models)
+    parts: list = []  # in the run's order: the oracle's rows, or the index of a model's job
+    jobs: list = []
     for setting in params.run.settings:
-        backbone = run.backbone(setting)
-        feats = frozen_features(backbone, test, image_size=params.data.image_size,
-                                cache_dir=run.cache_dir, device=device)
-        image_emb = feats.images(image_ids).numpy()
         for method in params.run.methods.get(setting, []):
-            spec = METHODS[method]
-            seeds = params.run.seeds[:1] if spec.oracle else params.run.seeds
-            for seed in seeds:
-                report_progress(f"evaluate {setting} {method} s{seed}", n_done, n_models, every_s=0)
-                n_done += 1
-                base = {"setting": setting, "method": method, "seed": seed}
-                if spec.oracle:
-                    english = test[test.lang == SOURCE_LANG]
-                    m = score_captions(feats.texts(english.caption.tolist()).numpy(), english,
-                                       image_ids, image_emb, kfold_for(params, SOURCE_LANG),
-                                       params.run.i2t_protocol)
-                    rows.append(base | {"variant": "native", "lang": SOURCE_LANG,
-                                        "trainable_params": 0} | m)
-                    continue  # no hits kept: scored on English, it is no baseline for targets
-                model = load_trained_model(run, setting, method, seed).to(device)
-                n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad) if spec.trained else 0
-                for lang in params.data.langs:
-                    for variant in params.run.eval_variants:
-                        caps = test[(test.lang == lang) & (test.variant == variant)]
-                        if caps.empty:
-                            continue
-                        # every method of a setting shares the backbone's tokenizer: tokenize once
-                        key = (id(backbone), lang, variant)
-                        if key not in tokens:
-                            tokens[key] = backbone.tokenize_target(caps.caption.tolist())
-                        emb = embed_target(model, backbone, caps.caption.tolist(), lang, device=device,
-                                           batch_size=params.run.eval_batch_size, tokens=tokens[key])
-                        m, h = score_captions_with_hits(emb.r_T, caps, image_ids, image_emb,
-                                                        kfold_for(params, lang),
-                                                        params.run.i2t_protocol)
-                        rows.append(base | {"variant": variant, "lang": lang,
-                                            "trainable_params": n_trainable} | m)
-                        scored.append(base | {"variant": variant, "lang": lang})
-                        hits.append(h)
+            if not METHODS[method].oracle:
+                for seed in params.run.seeds:
+                    parts.append(len(jobs))
+                    jobs.append((len(jobs), setting, method, seed))
+                continue
+            # the frozen VLP on English, from the feature cache; no hits kept: scored on
+            # English, it is no baseline for the target languages
+            feats = _test_features(ctx, setting)
+            english = ctx.test[ctx.test.lang == SOURCE_LANG]
+            m = score_captions(feats.texts(english.caption.tolist()).numpy(), english, ctx.image_ids,
+                               feats.images(ctx.image_ids).numpy(), kfold_for(params, SOURCE_LANG),
+                               params.run.i2t_protocol)
+            parts.append([{"setting": setting, "method": method, "seed": params.run.seeds[0],
+                           "variant": "native", "lang": SOURCE_LANG, "trainable_params": 0} | m])
+    done = run_jobs(_eval_job, jobs, workers=_workers(run), context_fn=_eval_context,
+                    context_args=(params, str(run_dir), n_models))
+    rows, scored, hits = [], [], []
+    for part in parts:
+        if isinstance(part, list):
+            rows += part
+        else:
+            rows += done[part][0]
+            scored += done[part][1]
+            hits += done[part][2]
     frame = pd.DataFrame(rows).assign(split=params.run.eval_split,
                                       i2t_protocol=params.run.i2t_protocol)
     frame = frame[[c for c in RESULT_COLUMNS if c in frame] +

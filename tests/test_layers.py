@@ -15,7 +15,7 @@ from conftest import ROOT
 PACKAGE = ROOT / "dasd_lib"
 # bottom to top; a package name covers its submodules
 LAYERS = [
-    ["config", "storage", "metrics", "losses", "data"],
+    ["config", "storage", "metrics", "losses", "data", "parallel"],
     ["backbones"],
     ["model"],
     ["features", "checkpoint", "official"],
