@@ -65,26 +65,25 @@ def train_stage_all(run: Run, stage: str, resume: bool = True,
     """Train `stage` (cla/cma) for every setting, trained method and seed of the run.
     CMA starts from the same method's CLA weights. Returns one summary row per run.
     A stage folder trained with other inputs raises StaleStageError unless `restart`.
-    The (method, seed) jobs of a setting run in run.workers processes (dasd_lib.parallel)."""
+    The (setting, method, seed) jobs run in run.workers processes (dasd_lib.parallel)."""
     stage = canonical_stage(stage)
     params, paths = run.params, run.paths
     paths.losses.mkdir(parents=True, exist_ok=True)
-    summary = []
+    jobs = []
     for setting in params.run.settings:
         methods = trained_methods(params, setting)
         if not methods:
             continue
         on_main(lambda: _stage_inputs(run, setting) and None)  # encodes once, writes the cache
-        jobs = []
         for method in methods:
             for seed in params.run.seeds:
                 init = paths.checkpoint(setting, method, seed, "cla") / "model" if stage == "cma" else None
                 if init is not None and not (init / "config.json").exists():
                     raise TrainingError(f"CMA for {setting}/{method}/seed{seed} needs the CLA model "
                                         f"in {init}; run notebook 02_train_cla first")
-                jobs.append((method, seed))
-        summary += run_jobs(_train_job, jobs, workers=_workers(run), context_fn=_stage_context,
-                            context_args=(params, str(run.dir), setting, stage, resume, restart))
+                jobs.append((setting, method, seed))
+    summary = run_jobs(_train_job, jobs, workers=_workers(run), context_fn=_StageJobs,
+                       context_args=(params, str(run.dir), stage, resume, restart))
     frame = pd.DataFrame(summary)
     if is_main_process():
         atomic_csv(frame, paths.root / f"train_{stage}_summary.csv")
@@ -108,35 +107,33 @@ def _stage_inputs(run: Run, setting: str):
     return backbone, rows, feats
 
 
-@dataclass
 class _StageJobs:
-    """What the (method, seed) jobs of one setting's stage share, built once per worker."""
-    run: Run
-    setting: str
-    stage: str
-    resume: bool
-    restart: bool
-    backbone: object
-    data: object
+    """What the jobs of one stage share, built once per worker: per setting, the backbone
+    and the tokenized training captions with their frozen references."""
+
+    def __init__(self, params: Params, run_dir: str, stage: str, resume: bool, restart: bool):
+        self.run, self.stage, self.resume, self.restart = Run(params, run_dir), stage, resume, restart
+        self._data: dict[str, object] = {}
+
+    def data(self, setting: str):
+        if setting not in self._data:
+            backbone, rows, feats = _stage_inputs(self.run, setting)
+            self._data[setting] = make_target_data(backbone, rows, feats,
+                                                   with_images=(self.stage == "cma"))
+        return self._data[setting]
 
 
-def _stage_context(params: Params, run_dir: str, setting: str, stage: str, resume: bool,
-                   restart: bool) -> _StageJobs:
-    run = Run(params, run_dir)
-    backbone, rows, feats = _stage_inputs(run, setting)
-    data = make_target_data(backbone, rows, feats, with_images=(stage == "cma"))
-    return _StageJobs(run, setting, stage, resume, restart, backbone, data)
-
-
-def _train_job(ctx: _StageJobs, job: tuple[str, int]) -> dict:
-    """One method and seed of the context's stage: train it, copy its losses to the run's
-    losses/ folder, return its summary row."""
-    (method, seed), setting, stage, paths = job, ctx.setting, ctx.stage, ctx.run.paths
+def _train_job(ctx: _StageJobs, job: tuple[str, str, int]) -> dict:
+    """One setting, method and seed of the context's stage: train it, copy its losses to
+    the run's losses/ folder, return its summary row."""
+    (setting, method, seed), stage, paths = job, ctx.stage, ctx.run.paths
     out = paths.checkpoint(setting, method, seed, stage)
     init = paths.checkpoint(setting, method, seed, "cla") / "model" if stage == "cma" else None
+    data = ctx.data(setting)
     result = train_target_stage(params=ctx.run.params, stage=stage, method=method, seed=seed,
-                                backbone=ctx.backbone, data=ctx.data, out_dir=out, init_from=init,
-                                resume=ctx.resume, restart=ctx.restart, setting=setting)
+                                backbone=ctx.run.backbone(setting), data=data, out_dir=out,
+                                init_from=init, resume=ctx.resume, restart=ctx.restart,
+                                setting=setting)
     if is_main_process():  # the main process alone wrote losses.csv
         shutil.copyfile(out / "losses.csv", paths.losses / f"{setting}__{method}__seed{seed}__{stage}.csv")
     last = result.losses.iloc[-1] if len(result.losses) else {}
