@@ -45,6 +45,19 @@ def test_gpu_check_tiny_on_cpu():
         assert isinstance(out[key], (int, float)) and out[key] > 0, key
 
 
+def test_workers_benchmark_times_both_ways(smoke_run):
+    """benchmarks/workers.py on a smoke run folder: both ways timed, the ratio reported."""
+    from dasd_lib.config import save_params
+    params, run_dir = smoke_run
+    save_params(params, run_dir / "params.yaml")
+    out = run_script("workers.py", str(run_dir), "--steps", "2", "--workers", "2",
+                     "--methods", "static,dasd")
+    assert (out["jobs"], out["steps_per_job"], out["workers"]) == (2, 2, 2)
+    for key in ("in_process_steps_per_s", "workers_steps_per_s", "in_process_again_steps_per_s",
+                "speedup"):
+        assert isinstance(out[key], (int, float)) and out[key] > 0, key
+
+
 @pytest.fixture(scope="module")
 def tiny_setup():
     sys.path.insert(0, str(BENCH))
