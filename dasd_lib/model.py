@@ -174,7 +174,7 @@ class MethodSpec:
     sdm: bool = False                # SDM descriptors feed the generator (else a mean-pooled h0)
     use_sc: bool = False             # semantic consistency loss on f_sr
     use_adv: bool = False            # adversarial decoupling loss on f_sa
-    lambda_adv: float | None = None  # overrides StageConfig.lambda_adv
+    lambda_adv: float | None = None  # overrides TargetStageConfig.lambda_adv
     sdm_layers: int | None = None    # overrides ModelConfig.sdm_layers
     train_tower: bool = False        # full distillation: every text-side weight trainable
     trained: bool = True             # False: evaluated as initialised (nothing trained)

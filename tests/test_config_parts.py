@@ -145,3 +145,16 @@ def test_each_part_holds_only_its_own_keys():
     sections = {f.name: f.type for f in dataclasses.fields(Params)}
     assert [sections[s] for s in ("model", "tiny", "hf", "vlp", "cla", "cma")] == [
         "ModelConfig", "TinyConfig", "HFConfig", "StageConfig", "TargetStageConfig", "TargetStageConfig"]
+
+
+def test_a_folder_saved_with_the_one_model_section_still_loads():
+    """Backbone and model folders record their config; one saved before the split holds the
+    old model: keys in one mapping, and each part takes its own from it."""
+    from dasd_lib.config import saved_model_config
+    old = BEFORE["files"]["params/smoke.yaml"]["model"]
+    assert saved_model_config(TinyConfig, old, "old") == TinyConfig(**{k: old[k] for k in TINY_KEYS})
+    assert saved_model_config(HFConfig, old, "old") == HFConfig(**{k: old[k] for k in HF_KEYS})
+    tower = saved_model_config(ModelConfig, old, "old")
+    assert dataclasses.asdict(tower) == {k: v for k, v in old.items() if k not in TINY_KEYS + HF_KEYS}
+    with pytest.raises(ConfigError, match="unknown key 'nonsense'"):
+        saved_model_config(TinyConfig, {**old, "nonsense": 1}, "old")
