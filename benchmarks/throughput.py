@@ -50,7 +50,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
 from dasd_lib.backbones.hf import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, HFBackbone  # noqa: E402
-from dasd_lib.config import ModelConfig, StageConfig  # noqa: E402
+from dasd_lib.config import HFConfig, ModelConfig, TargetStageConfig  # noqa: E402
 from dasd_lib.evaluate import embed_target, score_captions  # noqa: E402
 from dasd_lib.model import METHODS, build_target_model  # noqa: E402
 from dasd_lib.train import (FrozenFeatures, TargetData, TrainTask, autocast_dtype,  # noqa: E402
@@ -95,8 +95,7 @@ def tiny_sizes() -> Sizes:
 
 
 def model_config(sizes: Sizes) -> ModelConfig:
-    return ModelConfig(backbone="hf", clip_path="random-clip", mbert_path="random-mbert",
-                       mbert_dim=sizes.ml_dim, adapter_rank=sizes.rank, generator_dim=sizes.generator_dim,
+    return ModelConfig(backbone="hf", adapter_rank=sizes.rank, generator_dim=sizes.generator_dim,
                        sdm_hidden=sizes.sdm_hidden, static_hidden=sizes.static_hidden,
                        disc_hidden=list(sizes.disc_hidden), sdm_layers=1)
 
@@ -132,7 +131,7 @@ def build_backbone(sizes: Sizes, seed: int = 0) -> HFBackbone:
         clip = CLIPModel(config).eval()
         ml = torch.randn(sizes.ml_vocab, sizes.ml_dim) * 0.02  # stands in for mBERT's word embeddings
     ctx = config.text_config.max_position_embeddings
-    backbone = HFBackbone(cfg=model_config(sizes), clip=clip,
+    backbone = HFBackbone(cfg=HFConfig(clip_path="random-clip", mbert_path="random-mbert"), clip=clip,
                           tokenizer_source=word_tokenizer(sizes.source_vocab, ctx),
                           tokenizer_target=word_tokenizer(sizes.ml_vocab, ctx),
                           ml_embeddings=ml, image_mean=OPENAI_CLIP_MEAN, image_std=OPENAI_CLIP_STD)
@@ -220,10 +219,10 @@ def naive_data(backbone: HFBackbone, corpus: Corpus, cached: TargetData, device:
         context_length=ctx, pad_id=backbone.tokenizer_target.pad_token_id)
 
 
-def stage_config(batch: int, lr: float = 1e-4, precision: str = "auto", compile: bool = False) -> StageConfig:
+def stage_config(batch: int, lr: float = 1e-4, precision: str = "auto", compile: bool = False) -> TargetStageConfig:
     """method.md's optimiser (AdamW 0.9/0.98, eps 1e-6, wd 0.2, clip 1.0) and loss weights.
-    precision "auto": bf16 autocast on CUDA, fp32 on CPU (dasd_lib.train.autocast_dtype)."""
-    return StageConfig(batch_size=batch, lr=lr, steps=1000, precision=precision, compile=compile)
+    precision "auto": bf16 autocast on CUDA, fp32 on CPU (dasd_lib.devices.autocast_dtype)."""
+    return TargetStageConfig(batch_size=batch, lr=lr, steps=1000, precision=precision, compile=compile)
 
 
 # ----------------------------------------------------------------------------- steps
@@ -248,7 +247,7 @@ class Trainer:
     disc_opt: torch.optim.Optimizer
     opt: torch.optim.Optimizer        # accelerate's wrapper of make_optimizer's AdamW
     scheduler: object
-    cfg: StageConfig
+    cfg: TargetStageConfig
     stage: str
     device: torch.device
     dtype: torch.dtype | None
@@ -286,14 +285,14 @@ class PhaseClock:
             self.phases[name], self.t = now - self.t, now
 
 
-def fused_like(opt: torch.optim.Optimizer, cfg: StageConfig) -> torch.optim.AdamW:
+def fused_like(opt: torch.optim.Optimizer, cfg: TargetStageConfig) -> torch.optim.AdamW:
     """make_optimizer's AdamW groups (decay / no decay), with fused=True: one kernel per
     parameter instead of about ten passes over it."""
     groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in opt.param_groups]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, fused=True)
 
 
-def build_trainer(backbone: HFBackbone, sizes: Sizes, stage: str, cfg: StageConfig, device: torch.device,
+def build_trainer(backbone: HFBackbone, sizes: Sizes, stage: str, cfg: TargetStageConfig, device: torch.device,
                   fused_adamw: bool = False, seed: int = 0, data: TargetData | None = None) -> Trainer:
     """Model, discriminator, optimiser, accelerator, compile and schedule from the library's
     own setup (dasd_lib.train.target_task, as train_target_stage uses it). `fused_adamw` is a
@@ -496,7 +495,7 @@ def setup(sizes: Sizes, device: torch.device, pool: int, seed: int = 0):
     return backbone, corpus, cached, {"build_s": t1 - t0, "cache_build_s": t2 - t1}
 
 
-def header(args, sizes: Sizes, cfg: StageConfig, device: torch.device) -> dict:
+def header(args, sizes: Sizes, cfg: TargetStageConfig, device: torch.device) -> dict:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     return {"device": device.type, "device_name": name,
             "dtype": str(autocast_dtype(cfg, device) or torch.float32).replace("torch.", ""),

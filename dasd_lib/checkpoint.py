@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 
 from .backbones.base import Backbone
-from .config import ModelConfig, build_dataclass
+from .config import ModelConfig, saved_model_config
 from .model import TargetTextModel, build_target_model
 from .storage import (PRETRAINED_FILES, STATE_FILES, CheckpointError, StaleStageError,  # noqa: F401
                       atomic_csv, atomic_dir, atomic_file, atomic_write, check_record, file_sha256,
@@ -95,7 +95,7 @@ def from_pretrained(folder: str | Path, backbone: Backbone, langs: list[str] | N
             f"checkpoint {folder} was trained for languages {saved_langs}, but languages "
             f"{list(langs)} were asked for; train a model for that language set or pass "
             f"langs={saved_langs}")
-    cfg = build_dataclass(ModelConfig, meta["model_config"], f"{folder / PRETRAINED_FILES[1]} [model_config]")
+    cfg = saved_model_config(ModelConfig, meta["model_config"], f"{folder / PRETRAINED_FILES[1]} [model_config]")
     model = build_target_model(backbone, cfg, meta["method"], saved_langs)
     model.load_saved_state_dict(tensors, where=str(folder / PRETRAINED_FILES[0]))
     return model.to(device)

@@ -2,17 +2,20 @@
 
 One parameter file (params/*.yaml) holds a section per dataclass below:
 
-    data:   DataConfig     the downstream corpus (generated or imported)
-    web:    DataConfig     the web corpus of the zero-shot setting
-    model:  ModelConfig    backbone and target-tower sizes
-    vlp:    StageConfig    tiny VLP pretraining / English fine-tune
-    cla:    StageConfig    cross-lingual alignment (alias NLT)
-    cma:    StageConfig    cross-modal alignment (alias LE)
-    run:    RunConfig      what to compare, seeds, device, output folder
-    explore: ExploreConfig UMAP and probe sizes
+    data:   DataConfig        the downstream corpus (generated or imported)
+    web:    DataConfig        the web corpus of the zero-shot setting
+    model:  ModelConfig       the backbone selector (tiny or hf) and the target tower
+    tiny:   TinyConfig        the tiny VLP's sizes (backbone tiny)
+    hf:     HFConfig          the CLIP and mBERT folders (backbone hf)
+    vlp:    StageConfig       tiny VLP pretraining / English fine-tune (no loss weights)
+    cla:    TargetStageConfig cross-lingual alignment (alias NLT), with its loss weights
+    cma:    TargetStageConfig cross-modal alignment (alias LE), with its loss weights
+    run:    RunConfig         what to compare, seeds, device, output folder
+    explore: ExploreConfig    UMAP and probe sizes
 
-Unknown keys are rejected with the key, the file and the closest valid key named;
-values are type-checked against the field annotations.
+Unknown keys are rejected with the key, the file and the closest valid key named; a key of
+another section (model.clip_path, vlp.lambda_adv) also names where it belongs. Values are
+type-checked against the field annotations; config_checks checks words, ranges and paths.
 """
 from __future__ import annotations
 
@@ -22,17 +25,15 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence, Any
+from typing import Any
 
 import yaml
+from .config_checks import (CHOICES, FP16_REFUSED, HUB_OR_PATH_KEYS, LIST_CHOICES, PATH_KEYS,  # noqa: F401
+                            RANGES, SETTINGS, STAGES, TARGET_LANGS, TARGET_STAGES, ConfigError,
+                            _closest, check_choices, check_paths, resolve_paths)
 from .storage import atomic_write
 
-TARGET_LANGS = ["de", "fr", "cs", "ja", "zh"]
 SOURCE_LANG = "en"
-
-
-class ConfigError(ValueError):
-    """A parameter file or override that does not fit the config schema."""
 
 
 @dataclass
@@ -69,28 +70,14 @@ class DataConfig:
     on_missing: str = "error"      # "error" or "skip" (skips are counted in the log)
     # captions longer than this many tokens are counted per language at load (log, notebook
     # 00) by a lower bound (BERT pre-tokens + [CLS]/[SEP]); it does not change truncation,
-    # which happens at the text tower's context length (77 for CLIP, model.context_length)
+    # which happens at the text tower's context length (77 for CLIP, tiny.context_length)
     max_caption_tokens: int = 77
 
 
 @dataclass
 class ModelConfig:
-    backbone: str = "tiny"          # "tiny" or "hf"
-    # hf: local folders (or hub ids where the hub is reachable)
-    clip_path: str = ""
-    mbert_path: str = ""
-    # tiny VLP sizes (ignored for hf)
-    embed_dim: int = 128            # d, the joint space
-    text_width: int = 128           # w
-    text_layers: int = 3            # L
-    text_heads: int = 4
-    context_length: int = 40
-    vision_width: int = 64          # channels of the CNN image tower
-    vision_layers: int = 4
-    english_vocab_size: int = 2000
-    multilingual_vocab_size: int = 4000
-    # target tower
-    mbert_dim: int = 128            # e: width of the multilingual embedding (768 for mBERT)
+    backbone: str = "tiny"          # "tiny" (sizes in tiny:) or "hf" (folders in hf:)
+    # --- the target tower ---
     adapter_rank: int = 32          # r: W_z is r x r
     generator_dim: int = 512        # width of z
     sdm_hidden: int = 256           # branch MLP hidden width
@@ -100,8 +87,6 @@ class ModelConfig:
     share_adapters: bool = False    # one adapter set for all languages
     freeze_embedding: bool = False  # freeze E (its e -> w linear still trains): parameter-efficient
     zero_init_up: bool = False      # adapters start as identity
-    # random position offsets when pretraining the tiny VLP, so every position is trained
-    train_all_positions: bool = True
     # --- whose forward the target tower computes (shared/design/official_checkpoint.md) ---
     # "method": method.md's, with the four switches below as given; "official": the forward
     # the authors' released checkpoints were trained with, whatever the switches and
@@ -110,14 +95,42 @@ class ModelConfig:
     compat: str = "method"
     sdm_branches: bool = True       # the SDM's residual branch MLPs (the authors' forward skips them)
     f_sa_pool: str = "real"         # f_sa: mean over "real" tokens, or "all" positions (padding too)
-    # pad target captions to context_length before the tower (changes outputs only through
-    # f_sa_pool all: attention is causal and pooling is at [SEP])
+    # pad target captions to the backbone's context length before the tower (changes outputs
+    # only through f_sa_pool all: attention is causal and pooling is at [SEP])
     pad_to_context: bool = False
     generator_act: str = "gelu"     # z's activation: "gelu", or "quick_gelu" (u * sigmoid(1.702 u))
 
 
 @dataclass
+class TinyConfig:
+    """The tiny VLP the workbook trains (model.backbone: tiny; unused for hf, whose sizes
+    are the CLIP's and mBERT's)."""
+    embed_dim: int = 128            # d, the joint space
+    text_width: int = 128           # w
+    text_layers: int = 3            # L
+    text_heads: int = 4
+    context_length: int = 40
+    vision_width: int = 64          # channels of the CNN image tower
+    vision_layers: int = 4
+    english_vocab_size: int = 2000
+    multilingual_vocab_size: int = 4000
+    mbert_dim: int = 128            # e: width of its multilingual embedding (mBERT's: 768)
+    # random position offsets when pretraining, so every position is trained
+    train_all_positions: bool = True
+
+
+@dataclass
+class HFConfig:
+    """A real CLIP with mBERT's embedding (model.backbone: hf): local folders (or hub ids
+    where the hub is reachable)."""
+    clip_path: str = ""
+    mbert_path: str = ""
+
+
+@dataclass
 class StageConfig:
+    """A training stage: the VLP's (vlp:) as it is, the target stages' with their loss
+    weights (TargetStageConfig)."""
     steps: int = 600
     batch_size: int = 128
     lr: float = 2e-4
@@ -126,13 +139,6 @@ class StageConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
     eps: float = 1e-6
     grad_clip: float = 1.0
-    lambda_sc: float = 0.1
-    lambda_adv: float = 0.001
-    lambda_mse: float = 1.0         # weight of MSE(r_T, r_S) (CLA main term; CMA extra)
-    disc_lr: float = 1e-4
-    # InfoNCE scale on cosine similarities; 0 = the VLP's own learned scale (CLIP's is 100,
-    # method.md's temperature 0.01; the tiny VLP learns its own, about 20)
-    logit_scale: float = 0.0
     epochs: int = 0                 # > 0 overrides steps (English fine-tune: 5 epochs)
     checkpoint_every: int = 0       # 0: only at the end
     log_every: int = 100            # log losses every N steps (0: never)
@@ -140,6 +146,19 @@ class StageConfig:
     precision: str = "auto"
     compile: bool = False           # torch.compile the training step
     num_workers: int = 0
+
+
+@dataclass
+class TargetStageConfig(StageConfig):
+    """CLA and CMA (cla:, cma:): a stage with the loss weights of method.md, the
+    discriminator's learning rate and the InfoNCE scale; the VLP stage has none of them."""
+    lambda_sc: float = 0.1
+    lambda_adv: float = 0.001
+    lambda_mse: float = 1.0         # weight of MSE(r_T, r_S) (CLA main term; CMA extra)
+    disc_lr: float = 1e-4
+    # InfoNCE scale on cosine similarities; 0 = the VLP's own learned scale (CLIP's is 100,
+    # method.md's temperature 0.01; the tiny VLP learns its own, about 20)
+    logit_scale: float = 0.0
 
 
 @dataclass
@@ -222,9 +241,11 @@ class Params:
     data: DataConfig = field(default_factory=DataConfig)
     web: DataConfig = field(default_factory=lambda: DataConfig(corpus="web", name="synth_web"))
     model: ModelConfig = field(default_factory=ModelConfig)
+    tiny: TinyConfig = field(default_factory=TinyConfig)
+    hf: HFConfig = field(default_factory=HFConfig)
     vlp: StageConfig = field(default_factory=lambda: StageConfig(steps=800, lr=1e-3))
-    cla: StageConfig = field(default_factory=lambda: StageConfig(lr=1e-3))
-    cma: StageConfig = field(default_factory=lambda: StageConfig(lr=2e-4))
+    cla: TargetStageConfig = field(default_factory=lambda: TargetStageConfig(lr=1e-3))
+    cma: TargetStageConfig = field(default_factory=lambda: TargetStageConfig(lr=2e-4))
     run: RunConfig = field(default_factory=RunConfig)
     explore: ExploreConfig = field(default_factory=ExploreConfig)
 
@@ -258,15 +279,44 @@ def _type_ok(value: Any, annotation: Any) -> bool:
     return isinstance(value, annotation)
 
 
-def _unknown_key(key: str, valid: list[str], where: str) -> ConfigError:
+# keys an older schema had in another section: a parameter file or override still using
+# one stops with its new place (issue 13: one config per part)
+MOVED_KEYS = {**{("model", f.name): "tiny" for f in dataclasses.fields(TinyConfig)},
+              **{("model", f.name): "hf" for f in dataclasses.fields(HFConfig)}}
+# what the target stages' own keys drive: the VLP stage has none of them
+TARGET_STAGE_KEYS = {"lambda_sc": "semantic-consistency term", "lambda_adv": "adversarial term",
+                     "lambda_mse": "distillation term", "disc_lr": "discriminator",
+                     "logit_scale": "fixed InfoNCE scale: it learns its own"}
+
+
+def _placement_hint(section: str, key: str) -> str:
+    """Where an unknown key of `section` belongs, when another section has it."""
+    if (section, key) in MOVED_KEYS:
+        return f"{section}.{key} moved to {MOVED_KEYS[section, key]}.{key}"
+    if section == "vlp" and key in TARGET_STAGE_KEYS:
+        return (f"loss weights and the other target-stage keys belong to cla and cma (the English "
+                f"VLP stage has no {TARGET_STAGE_KEYS[key]}): set cla.{key} or cma.{key}")
+    hints = typing.get_type_hints(Params)
+    homes = [f"{name}.{key}" for name, ann in hints.items() if name != section
+             and key in {f.name for f in dataclasses.fields(ann)}]
+    return f"{key} belongs in {' or '.join(homes)}" if homes else ""
+
+
+def _unknown_key(key: str, valid: list[str], where: str, section: str = "") -> ConfigError:
+    placement = _placement_hint(section, key) if section else ""
+    if (section, key) in MOVED_KEYS:  # its new place is the hint; a close name would mislead
+        return ConfigError(f"{where}: unknown key '{key}'; {placement}")
     close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
     hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(valid)}"
-    return ConfigError(f"{where}: unknown key '{key}'{hint}")
+    return ConfigError(f"{where}: unknown key '{key}'{hint}" + (f"; {placement}" if placement else ""))
 
 
-def build_dataclass(cls: type, values: dict[str, Any], where: str, base: Any = None):
+def build_dataclass(cls: type, values: dict[str, Any], where: str, base: Any = None,
+                    section: str = ""):
     """Make `cls` from a dict, starting from `base` (or the defaults); reject unknown keys
-    and values of the wrong type, naming the key and `where` it came from."""
+    and values of the wrong type, naming the key and `where` it came from. `section`: the
+    Params section `cls` is (set when building Params), so that a key of another section
+    names where it belongs."""
     if not isinstance(values, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
     obj = base if base is not None else cls()
@@ -275,10 +325,11 @@ def build_dataclass(cls: type, values: dict[str, Any], where: str, base: Any = N
     changes = {}
     for key, value in values.items():
         if key not in names:
-            raise _unknown_key(str(key), names, where)
+            raise _unknown_key(str(key), names, where, section)
         ann = hints[key]
         if dataclasses.is_dataclass(ann):
-            value = build_dataclass(ann, value, f"{where} [{key}]", getattr(obj, key))
+            value = build_dataclass(ann, value, f"{where} [{key}]", getattr(obj, key),
+                                    section=key if cls is Params else "")
         elif not _type_ok(value, ann):
             if ann is float and isinstance(value, str):
                 try:
@@ -340,22 +391,6 @@ def read_param_file(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     return merged
 
 
-# stage keys that only the target stages (cla, cma) read: set for vlp, they would mean nothing
-TARGET_STAGE_KEYS = {"lambda_sc": "semantic-consistency term", "lambda_adv": "adversarial term",
-                     "lambda_mse": "distillation term", "disc_lr": "discriminator"}
-
-
-def check_section_keys(values: Any, where: str) -> None:
-    """Refuse keys that exist in a section's dataclass but not for this part: the VLP
-    stage has no SDM, discriminator or distillation term. The dataclass default passes (a
-    run's params.yaml lists every key)."""
-    vlp = values.get("vlp") if isinstance(values, dict) else None
-    for key, value in vlp.items() if isinstance(vlp, dict) else ():
-        if key in TARGET_STAGE_KEYS and value != getattr(StageConfig(), key):
-            raise ConfigError(f"{where}: vlp.{key} means nothing (the English VLP stage has no "
-                              f"{TARGET_STAGE_KEYS[key]}); set cla.{key} or cma.{key}")
-
-
 def load_params(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> Params:
     """Load a parameter file; apply overrides ('section.key=value' strings or a nested dict)."""
     values: dict[str, Any] = {}
@@ -364,10 +399,8 @@ def load_params(path: str | Path | None = None, overrides: list[str] | dict | No
         path = Path(path)
         values = read_param_file(path)
         where = str(path)
-    check_section_keys(values, where)
     params = build_dataclass(Params, values, where)
     if isinstance(overrides, dict):
-        check_section_keys(overrides, "overrides")
         params = build_dataclass(Params, overrides, "overrides", params)
     else:
         for text in overrides or []:
@@ -375,168 +408,10 @@ def load_params(path: str | Path | None = None, overrides: list[str] | dict | No
             nested: Any = value
             for k in reversed(keys):
                 nested = {k: nested}
-            check_section_keys(nested, f"override '{text}'")
             params = build_dataclass(Params, nested, f"override '{text}'", params)
     check_choices(params, where)
     root = (find_project_root(path.parent) if path is not None else None) or find_project_root()
     return resolve_paths(params, root) if root is not None else params
-
-
-# path-valued keys. One rule: a relative path means the project root (the folder holding
-# notebooks/ and params/), wherever the kernel or command runs; load_params makes them
-# absolute, so params.yaml of a run names its files wherever it is read from. Inputs that may
-# also be hub ids are resolved only when the folder exists under the root.
-PATH_KEYS = [(s, k) for s in ("data", "web") for k in ("root", "path", "english_path")] + \
-    [("run", "reports_dir"), ("run", "shared_dir")]
-HUB_OR_PATH_KEYS = [("model", "clip_path"), ("model", "mbert_path")]
-
-
-def resolve_paths(params: "Params", root: Path) -> "Params":
-    """`params` with every relative path of PATH_KEYS (and HUB_OR_PATH_KEYS that exist under
-    `root`) made absolute against the project root; "" (unset) stays ""."""
-    sections = {}
-    for section, key in [*PATH_KEYS, *HUB_OR_PATH_KEYS]:
-        value = getattr(getattr(params, section), key)
-        if not value or Path(value).expanduser().is_absolute():
-            continue
-        target = root / Path(value)
-        if (section, key) in HUB_OR_PATH_KEYS and not target.exists():
-            continue  # a hub id such as openai/clip-vit-base-patch16
-        sections.setdefault(section, {})[key] = str(target.resolve())
-    return dataclasses.replace(params, **{s: dataclasses.replace(getattr(params, s), **changes)
-                                          for s, changes in sections.items()})
-
-
-# keys whose value must be one of a few words: checked when parameters are loaded, so a typo
-# stops the run before anything starts
-SETTINGS = ("finetune", "zeroshot")
-STAGES = ("vlp", "cla", "cma")
-CHOICES = {("run", "i2t_protocol"): ("standard", "official"),
-           ("model", "compat"): ("method", "official"),
-           ("model", "backbone"): ("tiny", "hf"),
-           ("model", "f_sa_pool"): ("real", "all"),
-           ("model", "generator_act"): ("gelu", "quick_gelu"),
-           ("run", "eval_split"): ("test", "val"),
-           ("run", "device"): ("auto", "cpu", "cuda"),
-           **{(s, "source"): ("synthetic", "release", "manifest") for s in ("data", "web")},
-           **{(s, "corpus"): ("downstream", "web") for s in ("data", "web")},
-           **{(s, "on_missing"): ("error", "skip") for s in ("data", "web")},
-           **{(s, "precision"): ("auto", "fp32", "bf16") for s in STAGES}}
-# fp16 autocast needs a gradient scaler, which the training step does not have: without one,
-# small gradients (the 0.001-weighted adversarial term, lr 6e-6 updates) underflow to zero
-FP16_REFUSED = ("'fp16' is refused: fp16 autocast needs a gradient scaler, which this workbook's "
-                "training step does not have, and without one small gradients (the 0.001-weighted "
-                "adversarial term, CMA's lr 6e-6 updates) underflow to zero. Use bf16 (fp32's "
-                "range; what 'auto' picks on CUDA) or fp32")
-# ranges: (keys, test, what the message says the value must be)
-_STAGE_COUNTS = ("steps", "epochs", "checkpoint_every", "log_every", "num_workers")
-RANGES = [
-    ([(s, k) for s in STAGES for k in _STAGE_COUNTS] + [("run", "bootstrap_samples"), ("run", "kfold"), ("run", "workers")]
-     + [(s, k) for s in ("data", "web") for k in ("n_train", "n_val", "n_test")],
-     lambda v: v >= 0, "0 or more"),
-    ([(s, "batch_size") for s in STAGES] + [("run", "eval_batch_size"), ("explore", "max_captions"),
-                                            ("explore", "search_k")]
-     + [(s, k) for s in ("data", "web") for k in ("image_size", "captions_per_image",
-                                                  "train_captions_per_image", "max_caption_tokens")],
-     lambda v: v >= 1, "at least 1"),
-    ([(s, k) for s in STAGES for k in ("lr", "disc_lr")], lambda v: v > 0, "more than 0"),
-    ([(s, k) for s in STAGES for k in ("weight_decay", "grad_clip", "lambda_sc", "lambda_adv", "lambda_mse",
-                                       "logit_scale")],
-     lambda v: v >= 0, "0 or more"),
-    ([(s, "warmup_frac") for s in STAGES] + [(s, k) for s in ("data", "web") for k in ("mt_noise", "mt_native_share")],
-     lambda v: 0 <= v <= 1, "between 0 and 1"),
-    ([("explore", "probe_test_frac")], lambda v: 0 < v < 1, "strictly between 0 and 1"),
-    ([("explore", "umap_neighbors")], lambda v: v >= 2, "at least 2"),
-]
-# list-valued keys whose items come from a short list (the languages only for synthetic corpora:
-# real data may hold others)
-LIST_CHOICES = {("run", "settings"): SETTINGS, ("explore", "probe_style"): ("style", "variant")}
-
-
-def _closest(value: Any, allowed: Sequence[str]) -> str:
-    close = difflib.get_close_matches(str(value), list(allowed), n=1, cutoff=0.5)
-    return f"; did you mean '{close[0]}'?" if close else ""
-
-
-def check_choices(params: "Params", where: str = "parameters") -> None:
-    """Values no dataclass type can refuse: words from a short list (run.device also takes
-    'cuda:<n>'), the settings of run.settings and run.methods, ranges (counts >= 0, sizes >= 1,
-    learning rates > 0, fractions in [0, 1]), run.seeds not empty, and a synthetic corpus's
-    languages. Method names are checked against dasd_lib.model.METHODS by pipeline.check_methods,
-    paths that must exist by check_paths (both before a run starts)."""
-    def value(section, key):
-        return getattr(getattr(params, section), key)
-
-    for section in STAGES:
-        if value(section, "precision") == "fp16":
-            raise ConfigError(f"{where}: {section}.precision {FP16_REFUSED}: set {section}.precision: bf16")
-    for (section, key), allowed in CHOICES.items():
-        v = value(section, key)
-        if v not in allowed and not (key == "device" and str(v).startswith("cuda:")):
-            raise ConfigError(f"{where}: {section}.{key} is '{v}', not one of "
-                              f"{', '.join(allowed)}{_closest(v, allowed)}")
-    lists = dict(LIST_CHOICES)
-    lists.update({(s, "langs"): TARGET_LANGS for s in ("data", "web") if value(s, "source") == "synthetic"})
-    for (section, key), allowed in lists.items():
-        for item in value(section, key):
-            if item not in allowed:
-                raise ConfigError(f"{where}: {section}.{key} names '{item}', not one of "
-                                  f"{', '.join(allowed)}{_closest(item, allowed)}")
-    for setting in params.run.methods:
-        if setting not in SETTINGS:
-            raise ConfigError(f"{where}: run.methods names setting '{setting}', not "
-                              f"one of {', '.join(SETTINGS)}{_closest(setting, SETTINGS)}")
-    for keys, ok, must in RANGES:
-        for section, key in keys:
-            if not ok(value(section, key)):
-                hint = "; it counts training steps" if key == "steps" else ""
-                raise ConfigError(f"{where}: {section}.{key} is {value(section, key)}{hint}; "
-                                  f"it must be {must}")
-    if params.data.source == "synthetic" and params.data.n_test < 1:
-        raise ConfigError(f"{where}: data.n_test is {params.data.n_test}; the downstream corpus is "
-                          f"what every method is tested on, so it must be at least 1")
-    if not params.run.seeds:
-        raise ConfigError(f"{where}: run.seeds is empty; give at least one seed, e.g. [0]")
-
-
-def check_paths(params: "Params") -> None:
-    """Inputs a run cannot start without: data.path (and a release's english_path, when given) for real
-    corpora, a CLIP folder for backbone hf, and run.imported. Checked before notebook 00 (not
-    at load: a finished run's params.yaml must stay readable after its data moved)."""
-    def missing(section, key, what):
-        path = getattr(getattr(params, section), key)
-        if not path:
-            raise ConfigError(f"{section}.{key} is empty; {what}")
-        if not Path(path).expanduser().exists():
-            raise ConfigError(f"{section}.{key}: {path} does not exist; {what}")
-
-    for section in ("data", "web"):
-        cfg = getattr(params, section)
-        if section == "web" and not _web_used(params):
-            continue
-        if cfg.source in ("manifest", "release"):
-            missing(section, "path", f"a {cfg.source} corpus needs its file (docs/real_data.md)")
-        if cfg.source == "release" and cfg.english_path:  # optional: it adds English rows
-            missing(section, "english_path", "it names the English captions' JSON; leave it empty "
-                                             "to run without English rows (docs/real_data.md)")
-    if params.model.backbone == "hf" and not params.run.imported:
-        path = params.model.clip_path
-        if not path:
-            raise ConfigError("model.clip_path is empty; backbone hf needs a CLIP folder "
-                              "(docs/real_data.md)")
-        # a hub id (org/name) cannot be checked offline; anything that looks like a path must exist
-        looks_local = Path(path).expanduser().is_absolute() or path.startswith(".") or path.count("/") != 1
-        if looks_local and not Path(path).expanduser().exists():
-            raise ConfigError(f"model.clip_path: {path} does not exist; point it at a saved CLIP "
-                              f"folder (config.json and weights)")
-    if params.run.imported and not Path(params.run.imported).expanduser().is_dir():
-        raise ConfigError(f"run.imported: {params.run.imported} is not a folder; write it with "
-                          f"dasd-import-official PATH --out {params.run.imported}")
-
-
-def _web_used(params: "Params") -> bool:
-    """The web corpus is read for the zero-shot setting, and by the tiny VLP's pretraining."""
-    return "zeroshot" in params.run.settings or (params.model.backbone == "tiny" and params.web.n_train > 0)
 
 
 # what model.compat: official sets: the released checkpoints' forward
@@ -554,6 +429,17 @@ def resolve_compat(cfg: ModelConfig) -> ModelConfig:
     allowed = CHOICES[("model", "compat")]
     raise ConfigError(f"model.compat is '{cfg.compat}', not one of {', '.join(allowed)}"
                       f"{_closest(cfg.compat, allowed)}")
+
+
+def saved_model_config(cls: type, values: Any, where: str) -> Any:
+    """`cls` (ModelConfig, TinyConfig or HFConfig) from the model_config a saved folder
+    (backbone, target model) records. Folders saved before tiny: and hf: were split off
+    model: hold all three parts' keys in one mapping: the other parts' keys are left out."""
+    if isinstance(values, dict):
+        own = {f.name for f in dataclasses.fields(cls)}
+        parts = {f.name for part in (ModelConfig, TinyConfig, HFConfig) for f in dataclasses.fields(part)}
+        values = {k: v for k, v in values.items() if k in own or k not in parts}
+    return build_dataclass(cls, values, where)
 
 
 def params_from_dict(values: dict[str, Any]) -> Params:

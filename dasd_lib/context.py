@@ -94,7 +94,7 @@ def check_image_size(params: Params, backbone) -> None:
     for section in sections:
         size = getattr(params, section).image_size
         if size < backbone.image_size:
-            raise ConfigError(f"{section}.image_size is {size} but the CLIP at model.clip_path takes "
+            raise ConfigError(f"{section}.image_size is {size} but the CLIP at hf.clip_path takes "
                               f"{backbone.image_size} x {backbone.image_size} images; set "
                               f"{section}.image_size: {backbone.image_size}")
 
@@ -164,7 +164,7 @@ class Run:
 
     def backbone_dir(self, setting: str) -> Path | None:
         """The folder the setting's frozen VLP is loaded from; None: the CLIP at
-        model.clip_path. tiny: the VLP notebook 01 trained (both settings). hf: the
+        hf.clip_path. tiny: the VLP notebook 01 trained (both settings). hf: the
         English-fine-tuned CLIP in the finetune setting when notebook 01 made one."""
         params = self.params
         if params.run.imported:  # a DASD release converted by dasd-import-official
@@ -183,7 +183,7 @@ class Run:
                     f"the finetune setting uses the English-fine-tuned CLIP (vlp.epochs "
                     f"{params.vlp.epochs}, vlp.steps {params.vlp.steps}), but {where} holds none; run "
                     f"notebook 01_source_vlp first, or set vlp.epochs: 0 and vlp.steps: 0 to use the "
-                    f"CLIP at model.clip_path as it is")
+                    f"CLIP at hf.clip_path as it is")
             return where if setting == "finetune" and (where / "config.json").exists() else None
         raise ValueError(f"unknown model.backbone '{params.model.backbone}'; use tiny or hf")
 
@@ -192,10 +192,10 @@ class Run:
         device in eval mode; loaded afresh when its folder's files changed (retrained in
         place)."""
         where = self.backbone_dir(setting)
-        key = str(where) if where is not None else "model.clip_path"
+        key = str(where) if where is not None else "hf.clip_path"
         stamp = files_stamp(where) if where is not None else ""
         if key not in self._backbones or self._backbones[key][0] != stamp:
-            backbone = load_backbone(where) if where is not None else load_hf_backbone(self.params.model)
+            backbone = load_backbone(where) if where is not None else load_hf_backbone(self.params.hf)
             check_image_size(self.params, backbone)
             backbone.freeze()
             self._backbones[key] = (stamp, backbone.to(self.device).eval())

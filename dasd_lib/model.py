@@ -44,7 +44,7 @@ from torch import nn
 
 from dasd_lib.backbones.base import Backbone, last_token_index
 from dasd_lib.backbones.tiny import ShapeBackbone
-from dasd_lib.config import ModelConfig, resolve_compat
+from dasd_lib.config import ModelConfig, TinyConfig, resolve_compat
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -174,7 +174,7 @@ class MethodSpec:
     sdm: bool = False                # SDM descriptors feed the generator (else a mean-pooled h0)
     use_sc: bool = False             # semantic consistency loss on f_sr
     use_adv: bool = False            # adversarial decoupling loss on f_sa
-    lambda_adv: float | None = None  # overrides StageConfig.lambda_adv
+    lambda_adv: float | None = None  # overrides TargetStageConfig.lambda_adv
     sdm_layers: int | None = None    # overrides ModelConfig.sdm_layers
     train_tower: bool = False        # full distillation: every text-side weight trainable
     trained: bool = True             # False: evaluated as initialised (nothing trained)
@@ -396,15 +396,17 @@ class Discriminator(nn.Module):
 
 # ----------------------------------------------------------------------------- counting
 
-def count_trainable(cfg: ModelConfig, method: str, n_langs: int, vocab: int, e: int) -> int:
-    """Trainable parameters of `method` for a backbone of cfg's sizes (embed_dim, text_width,
-    text_layers, context_length), without allocating weights (meta device)."""
+def count_trainable(tiny: TinyConfig, cfg: ModelConfig, method: str, n_langs: int, vocab: int,
+                    e: int) -> int:
+    """Trainable parameters of `method` (tower config `cfg`) for a backbone of the sizes in
+    `tiny` (embed_dim, text_width, text_layers, text_heads, context_length), without
+    allocating weights (meta device)."""
     with torch.device("meta"):
-        backbone = ShapeBackbone(cfg=cfg, vocab=vocab, e=e)
+        backbone = ShapeBackbone(cfg=tiny, vocab=vocab, e=e)
         model = build_target_model(backbone, cfg, method, [f"lang{i}" for i in range(n_langs)])
     return sum(p.numel() for p in trainable_parameters(model))
 
 
-def count_discriminator(cfg: ModelConfig) -> int:
+def count_discriminator(tiny: TinyConfig, cfg: ModelConfig) -> int:
     with torch.device("meta"):
-        return sum(p.numel() for p in Discriminator(cfg, cfg.text_width, cfg.embed_dim).parameters())
+        return sum(p.numel() for p in Discriminator(cfg, tiny.text_width, tiny.embed_dim).parameters())

@@ -35,7 +35,7 @@ from .backbones.base import BackboneError, eos_id_of
 from .backbones.hf import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, HFBackbone, read_mbert_embeddings
 from .backbones.wordpiece import load_tokenizer
 from .checkpoint import CheckpointError, file_sha256, from_pretrained, make_record, save_pretrained
-from .config import OFFICIAL_COMPAT, ConfigError, ModelConfig, Params
+from .config import OFFICIAL_COMPAT, ConfigError, HFConfig, ModelConfig, Params
 from .model import METHODS, TargetTextModel, build_target_model
 
 log = logging.getLogger("dasd_lib.official")
@@ -250,19 +250,15 @@ def convert_dasd(state: dict[str, torch.Tensor], langs: list[str]) -> dict[str, 
     return {k: v.float().contiguous() for k, v in out.items()}
 
 
-def target_config(state: dict[str, torch.Tensor], langs: list[str], clip_dir: Path,
-                  mbert_dir: Path) -> ModelConfig:
-    """The ModelConfig of the imported tower: its sizes, and the authors' forward."""
+def target_config(state: dict[str, torch.Tensor], langs: list[str]) -> ModelConfig:
+    """The ModelConfig of the imported tower: its sizes, and the authors' forward (the text
+    tower's sizes are the CLIP's, read by the backbone)."""
     keys = set(state)
     rank = state[DOWN.format(n=0, lang=langs[0], p="weight")].shape[0]
     disc = sorted((int(m.group(1)), state[k].shape[0]) for k in keys
                   if (m := re.fullmatch(r"AdvAgent\.discriminator\.model\.(\d+)\.weight", k)))
-    ctx, w = state["positional_embedding"].shape
     return ModelConfig(
-        backbone="hf", clip_path=str(clip_dir), mbert_path=str(mbert_dir),
-        embed_dim=int(state["text_projection"].shape[1]), text_width=int(w), context_length=int(ctx),
-        text_layers=_block_count(keys, "transformer.resblocks."), text_heads=_heads(int(w), "text"),
-        mbert_dim=int(state["multilingual_embedding.weight"].shape[1]), adapter_rank=int(rank),
+        backbone="hf", adapter_rank=int(rank),
         generator_dim=int(state["transformer.zi_adapter_student.c_fc1.weight"].shape[0]),
         disc_hidden=[int(rows) for _, rows in disc[:-1]] or [256, 128],
         compat="official", **OFFICIAL_COMPAT)
@@ -331,8 +327,9 @@ def import_official(path: str | Path, out: str | Path, *, mbert_tokenizer: str |
         if ml_init.shape != E.shape:
             raise OfficialImportError(f"--mbert-tokenizer {mbert_dir}: mBERT's word embeddings are "
                                       f"{tuple(ml_init.shape)}, the checkpoint's {tuple(E.shape)}")
-    cfg = target_config(state, langs, out / BACKBONE_DIR / "clip", mbert_dir.resolve())
-    backbone = HFBackbone(cfg=cfg, clip=clip, tokenizer_source=tok_source, tokenizer_target=tok_target,
+    cfg = target_config(state, langs)
+    hf = HFConfig(clip_path=str(out / BACKBONE_DIR / "clip"), mbert_path=str(mbert_dir.resolve()))
+    backbone = HFBackbone(cfg=hf, clip=clip, tokenizer_source=tok_source, tokenizer_target=tok_target,
                           ml_embeddings=ml_init, image_mean=OPENAI_CLIP_MEAN, image_std=OPENAI_CLIP_STD)
     model = build_target_model(backbone, cfg, "dasd", langs, seed=0)
     try:

@@ -51,7 +51,8 @@ def params_diff(a: Params, b: Params, ignore: Sequence[str] = RUN_NAMING_KEYS) -
 
 # the first notebook that reads each parameter (the longest matching prefix wins); a change
 # can only affect that notebook and the later ones
-FIRST_READER = {"data.": "00", "web.": "00", "model.": "01", "vlp.": "01", "run.": "01",
+FIRST_READER = {"data.": "00", "web.": "00", "model.": "01", "tiny.": "01", "hf.": "01", "vlp.": "01",
+                "run.": "01",
                 "cla.": "02", "cma.": "03", "explore.": "05",
                 **{f"run.{k}": "04" for k in ("eval_batch_size", "eval_split", "kfold", "kfold_langs",
                                               "eval_variants", "compare_to", "bootstrap_samples",

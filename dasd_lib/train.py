@@ -4,6 +4,8 @@ and `cma` (alias `le`), with the losses of method.md.
 A stage is a function taking configs and returning a StageResult, so notebooks, the
 runner and the tests call the same thing. The frozen VLP's outputs (image embeddings
 r_V, source-caption embeddings r_S) are computed once and cached (dasd_lib.features).
+Devices, processes and the Accelerator live in dasd_lib.devices (re-exported here); the
+VLP's training loop (`train_vlp_stage`) in dasd_lib.train_vlp, on this module's loop.
 """
 from __future__ import annotations
 
@@ -11,13 +13,11 @@ import dataclasses
 import hashlib
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
@@ -29,8 +29,11 @@ from .checkpoint import (CheckpointError, check_record, clear_partial_writes,  #
                          load_training_state, make_record, remove_tree, save_pretrained,
                          save_state, save_training_state, step_dirs, write_losses)
 from .storage import report_progress
-from .config import (FP16_REFUSED, STAGE_ALIASES, ConfigError, Params, StageConfig,  # noqa: F401
-                     canonical_stage)
+from .devices import (TrainingError, apply_determinism, autocast_dtype, is_main_process,  # noqa: F401
+                      launcher_processes, make_accelerator, on_main, process_rank, resolve_device,
+                      wait_for_everyone, warn_if_single_launch)
+from .config import (FP16_REFUSED, STAGE_ALIASES, ConfigError, ModelConfig, Params, StageConfig,  # noqa: F401
+                     TargetStageConfig, canonical_stage)
 from .model import METHODS, Discriminator, build_target_model
 from .features import (FeaturesError, FrozenFeatures, TargetData, cache_key,  # noqa: F401
                        encode_images, encode_source_texts, features_key, file_fingerprint,
@@ -38,124 +41,6 @@ from .features import (FeaturesError, FrozenFeatures, TargetData, cache_key,  # 
 
 log = logging.getLogger("dasd_lib.train")
 
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (non-finite loss, unusable checkpoint); the message says why."""
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("run.device is 'cuda' but no CUDA device is visible; use 'auto' or 'cpu'")
-    return torch.device(name)
-
-
-def apply_determinism(enabled: bool) -> None:
-    """run.deterministic: deterministic torch kernels (warn only where none exists)."""
-    if enabled:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before cuBLAS starts
-    torch.use_deterministic_algorithms(enabled, warn_only=True)
-
-
-# ----------------------------------------------------------------------------- processes
-
-def process_rank() -> tuple[int, int]:
-    """(rank, number of processes) of this process: (0, 1) unless a process group is up
-    (`accelerate launch --multi_gpu`, started by the first make_accelerator)."""
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def is_main_process() -> bool:
-    return process_rank()[0] == 0
-
-
-def wait_for_everyone() -> None:
-    if process_rank()[1] > 1:
-        torch.distributed.barrier()
-
-
-def on_main(fn: Callable[[], Any]) -> Any:
-    """Run fn on the main process only and hand its (small, picklable) result to every
-    process; with one process just fn(). Shared files (caches, tokenizers, the VLP,
-    checkpoints) are written this way, once, instead of by every process at the same
-    paths. An exception on the main process is raised on every process as well, so none
-    is left waiting for a result that never comes."""
-    rank, world = process_rank()
-    if world == 1:
-        return fn()
-    box: list[Any] = [None]
-    if rank == 0:
-        try:
-            box = [("ok", fn())]
-        except BaseException as err:
-            torch.distributed.broadcast_object_list([("error", f"{type(err).__name__}: {err}")], src=0)
-            raise
-    torch.distributed.broadcast_object_list(box, src=0)
-    kind, value = box[0]
-    if kind == "error":
-        raise TrainingError(f"the main process failed, so this one stops too: {value}")
-    return value
-
-
-def launcher_processes(parent_pid: int | None = None) -> int | None:
-    """How many processes `accelerate launch` was asked for (its --num_processes), read
-    from the launcher's command line, when this process is the single child it started;
-    None when that cannot be told. A single-process launch sets no variable that says
-    how many were asked for (checked with accelerate 1.15: WORLD_SIZE, RANK and
-    LOCAL_RANK are set only with --multi_gpu), but accelerate's simple launcher is this
-    process's parent."""
-    if "WORLD_SIZE" in os.environ or "ACCELERATE_DYNAMO_BACKEND" not in os.environ:
-        return None  # several processes really started, or not started by accelerate launch
-    try:
-        argv = Path(f"/proc/{parent_pid or os.getppid()}/cmdline").read_bytes().decode().split("\0")
-    except OSError:  # not Linux, or the parent is gone
-        return None
-    for i, arg in enumerate(argv):
-        for flag in ("--num_processes", "--num-processes"):
-            value = arg[len(flag) + 1:] if arg.startswith(flag + "=") else (
-                argv[i + 1] if arg == flag and i + 1 < len(argv) else None)
-            if value is not None and value.isdigit():
-                return int(value)
-    return None
-
-
-def warn_if_single_launch() -> bool:
-    """Log a warning when `accelerate launch --num_processes N` (N > 1) started a single
-    process: without --multi_gpu (on CPU too, where the processes talk over gloo) accelerate
-    silently runs one process, which then trains alone at 1/N of the asked global batch.
-    Returns whether it warned."""
-    asked = launcher_processes()
-    if asked is None or asked <= 1 or process_rank()[1] > 1:
-        return False
-    log.warning("accelerate launch was asked for %d processes but started one: accelerate "
-                "starts several only with --multi_gpu (on CPU too: add --multi_gpu, not "
-                "--cpu); this process trains alone. See docs/real_data.md, 'Several GPUs'.",
-                asked)
-    return True
-
-
-def make_accelerator(device_name: str = "auto"):
-    """An `accelerate` Accelerator: one process here; under `accelerate launch` it wraps the
-    model in DDP (per-language adapters leave parameters unused in a step, hence
-    find_unused_parameters) and gives each process its device."""
-    from accelerate import Accelerator, DistributedDataParallelKwargs
-    cpu = resolve_device(device_name).type == "cpu" if device_name != "auto" else not torch.cuda.is_available()
-    return Accelerator(cpu=cpu, kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
-
-
-def autocast_dtype(cfg: StageConfig, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast on CUDA by default; fp32 on CPU. fp16 is refused (config.FP16_REFUSED:
-    there is no gradient scaler), here too for configs built without load_params."""
-    if cfg.precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    if cfg.precision == "fp16":
-        raise ConfigError(f"precision {FP16_REFUSED}")
-    return {"fp32": None, "bf16": torch.bfloat16}[cfg.precision]
 
 
 # ----------------------------------------------------------------------------- optimiser
@@ -362,7 +247,7 @@ class TargetStep:
     disc_opt: Any
     spec: Any
     stage: str
-    cfg: StageConfig
+    cfg: TargetStageConfig
     data: TargetData
     seed: int
     device: Any
@@ -431,7 +316,7 @@ class TargetStep:
         return terms
 
 
-def target_task(model, *, backbone, model_cfg, cfg: StageConfig, spec, stage: str,
+def target_task(model, *, backbone, model_cfg, cfg: TargetStageConfig, spec, stage: str,
                 data: TargetData, seed: int, accelerator,
                 optimizer_factory: Callable = None) -> tuple[TrainTask, list[torch.nn.Parameter]]:
     """The training task of one method's stage from its (built or loaded) model: the
@@ -468,10 +353,13 @@ UNRECORDED_STAGE_FIELDS = ("checkpoint_every", "log_every", "num_workers")
 LATER_MODEL_FIELDS = ("compat", "sdm_branches", "f_sa_pool", "pad_to_context", "generator_act")
 
 
-def model_inputs(cfg) -> dict:
-    default = type(cfg)()
-    return {k: v for k, v in dataclasses.asdict(cfg).items()
-            if k not in LATER_MODEL_FIELDS or v != getattr(default, k)}
+def model_inputs(params: Params) -> dict:
+    """The record's "model" entry: model's keys (LATER_MODEL_FIELDS only when not their
+    default) and tiny's and hf's, in one mapping (as when they were one section)."""
+    default = ModelConfig()
+    model = {k: v for k, v in dataclasses.asdict(params.model).items()
+             if k not in LATER_MODEL_FIELDS or v != getattr(default, k)}
+    return {**model, **dataclasses.asdict(params.tiny), **dataclasses.asdict(params.hf)}
 
 
 def stage_inputs(cfg: StageConfig) -> dict:
@@ -484,7 +372,7 @@ def target_stage_record(params: Params, *, stage: str, setting: str, method: str
     config, the model config, the method spec, the seed, the backbone identity, the data
     key and, for CMA, the record of the CLA model it starts from."""
     stage = canonical_stage(stage)
-    inputs = {stage: stage_inputs(getattr(params, stage)), "model": model_inputs(params.model),
+    inputs = {stage: stage_inputs(getattr(params, stage)), "model": model_inputs(params),
               "method": dataclasses.asdict(METHODS[method]), "seed": seed,
               "backbone": backbone.identity(), "data": data_key}
     if init is not None:
@@ -514,7 +402,7 @@ def train_target_stage(*, params: Params, stage: str, method: str, seed: int, ba
     unless `restart` (train from scratch, discarding the folder's checkpoints)."""
 
     stage = canonical_stage(stage)
-    cfg: StageConfig = getattr(params, stage)
+    cfg: TargetStageConfig = getattr(params, stage)
     spec = METHODS[method]
     apply_determinism(params.run.deterministic)
     records = stage_records(params, setting=setting, method=method, seed=seed, backbone=backbone,
@@ -554,191 +442,6 @@ def stage_steps(cfg: StageConfig, n_samples: int) -> int:
     if cfg.epochs > 0:
         return max(1, math.ceil(cfg.epochs * n_samples / cfg.batch_size))
     return cfg.steps
-
-
-# ----------------------------------------------------------------------------- VLP stage
-
-# the VLP stage holds at most this much decoded image data at once (the chunk being trained
-# on and the one read ahead); corpora that fit are read once, as a whole
-IMAGE_BUFFER_BYTES = 2 << 30
-
-
-@dataclass
-class StreamedImages:
-    """The VLP stage's images as files, read when training needs them rather than all at
-    once (MSCOCO's 113K training images are 17 GB at 224 x 224). `read(paths)` returns
-    uint8 (n, S, S, 3) (Backbone.read_images). When all of them fit in `max_bytes`
-    (IMAGE_BUFFER_BYTES when None) they are read once, as a whole; otherwise in chunks of
-    steps, the next chunk read ahead in a background thread while the current one trains."""
-    paths: list[str]
-    read: Callable[[list[str]], np.ndarray]
-    max_bytes: int | None = None
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-
-class _ImageFeed:
-    """The images of each step: indexed from an array, or read chunk by chunk (StreamedImages).
-    `needed(step)` gives the step's image indices; it depends on the step only, so a chunk
-    of steps can be read ahead and a resumed run reads what it needs."""
-
-    def __init__(self, images, needed: Callable[[int], np.ndarray], steps: int, batch_size: int,
-                 workers: int):
-        from concurrent.futures import ThreadPoolExecutor
-        self.needed, self.steps, self.workers = needed, steps, max(1, workers)
-        self.array: np.ndarray | None = images if isinstance(images, np.ndarray) else None
-        self.source, self.ahead, self.current = images, {}, None
-        self.pool = self.decoders = None
-        if self.array is not None:
-            return
-        if self.workers > 1:  # Pillow decodes and resizes without the GIL
-            self.decoders = ThreadPoolExecutor(self.workers, thread_name_prefix="vlp-decode")
-        per_image = max(1, self._read(images.paths[:1]).nbytes) if len(images) else 1
-        budget = images.max_bytes if images.max_bytes is not None else IMAGE_BUFFER_BYTES
-        if per_image * len(images) <= budget:
-            self.array = self._read(images.paths)
-            return
-        # two chunks (this one and the one read ahead) within the budget
-        self.chunk_steps = max(1, budget // 2 // (per_image * batch_size))
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="vlp-images")
-        log.info("vlp: %d images do not fit in %.1f GB: read %d steps at a time", len(images),
-                 budget / 1e9, self.chunk_steps)
-
-    def _read(self, paths: list[str]) -> np.ndarray:
-        if self.decoders is None or len(paths) < 2 * self.workers:
-            return self.source.read(list(paths))
-        parts = np.array_split(np.arange(len(paths)), self.workers)
-        return np.concatenate(list(self.decoders.map(
-            lambda part: self.source.read([paths[i] for i in part]), parts)))
-
-    def _load_chunk(self, chunk: int) -> tuple[np.ndarray, np.ndarray]:
-        first = chunk * self.chunk_steps
-        steps = range(first, min(first + self.chunk_steps, self.steps))
-        index = np.unique(np.concatenate([self.needed(s) for s in steps]))
-        return index, self._read([self.source.paths[i] for i in index])
-
-    def __call__(self, step: int, idx: np.ndarray) -> np.ndarray:
-        """uint8 images idx (indices into the image list) of `step`."""
-        if self.array is not None:
-            return self.array[idx]
-        chunk = step // self.chunk_steps
-        if self.current is None or self.current[0] != chunk:
-            ahead = self.ahead.pop(chunk, None) or self.pool.submit(self._load_chunk, chunk)
-            self.ahead.clear()  # a resumed or out-of-order step: drop what was read for others
-            self.current = (chunk, *ahead.result())
-            if (chunk + 1) * self.chunk_steps < self.steps:
-                self.ahead[chunk + 1] = self.pool.submit(self._load_chunk, chunk + 1)
-        _, index, pixels = self.current
-        return pixels[np.searchsorted(index, idx)]
-
-    def close(self) -> None:
-        for pool in (self.pool, self.decoders):
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
-        self.ahead.clear()
-        self.current = None
-
-
-def vlp_epoch_batches(image_rows: np.ndarray, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
-    """One epoch of the English fine-tune, as the authors' loader iterates it: every
-    (image, caption) pair once, in an order shuffled from (seed, epoch), cut into batches of
-    `batch_size`, except that a batch never holds two captions of one image (InfoNCE would
-    count the second as a negative of its own image): such a pair waits, in order, for the
-    next batch without its image. So an epoch is about ceil(pairs / batch_size) steps
-    (MSCOCO: 566K pairs, 4.4K steps at batch 128; 5 epochs about 22K), and only the last
-    batches can be smaller. Returns the batches as arrays of caption indices."""
-    image_of = np.asarray(image_rows).tolist()
-    pending = torch.randperm(len(image_of), generator=step_generator(seed, "vlp-epoch", epoch)).tolist()
-    batches, waiting, i = [], [], 0
-    while i < len(pending) or waiting:
-        batch, seen, still = [], set(), []
-        for j in waiting:  # pairs put off by earlier batches come first
-            if len(batch) < batch_size and image_of[j] not in seen:
-                batch.append(j)
-                seen.add(image_of[j])
-            else:
-                still.append(j)
-        while len(batch) < batch_size and i < len(pending):
-            j, i = pending[i], i + 1
-            if image_of[j] in seen:
-                still.append(j)
-            else:
-                batch.append(j)
-                seen.add(image_of[j])
-        waiting = still
-        batches.append(np.asarray(batch, dtype=np.int64))
-    return batches
-
-
-def train_vlp_stage(*, backbone, images: np.ndarray | StreamedImages, captions: list[str],
-                    image_rows: np.ndarray, cfg: StageConfig, seed: int, device_name: str,
-                    out_dir: Path, resume: bool = True, record: dict | None = None) -> StageResult:
-    """Contrastive training of the VLP itself on English (image, caption) pairs: the tiny
-    VLP's pretraining, or the English fine-tune of an HF CLIP. Every VLP weight trains.
-    image_rows[j] is the index in `images` (an array, or StreamedImages read chunk by chunk)
-    of caption j's image.
-
-    Batches hold one caption per image. With cfg.epochs > 0 an epoch is one pass over the
-    (image, caption) pairs (vlp_epoch_batches); with cfg.steps each step draws its own
-    batch from (seed, step)."""
-    ids_all, mask_all = backbone.tokenize_source(captions)
-    lengths = mask_all.sum(1)
-    image_rows = np.asarray(image_rows)
-    accelerator = make_accelerator(device_name)
-    device = accelerator.device
-    dtype = autocast_dtype(cfg, device)
-    backbone.to(device)
-    for p in backbone.vlp_parameters():
-        p.requires_grad_(True)
-    named = [(n, p) for n, p in backbone.named_parameters() if p.requires_grad]
-    opt = make_optimizer(named, cfg)
-    wrapped, opt = accelerator.prepare(backbone, opt)
-    if cfg.compile:
-        wrapped = torch.compile(wrapped)
-    plan = None
-    if cfg.epochs > 0:  # the global batch (all processes) holds each image once
-        plan = [b for epoch in range(cfg.epochs) for b in vlp_epoch_batches(
-            image_rows, cfg.batch_size * accelerator.num_processes, seed, epoch)]
-
-    def step_rows(step: int, gen: torch.Generator) -> torch.Tensor:
-        """This process's caption rows of `step` (depends on the step only)."""
-        if plan is not None:
-            return rank_slice(torch.from_numpy(plan[step]), cfg.batch_size, accelerator)
-        # one caption per image in a batch, so InfoNCE has no false negatives from duplicates
-        order = torch.randperm(len(captions), generator=gen)
-        _, first = np.unique(image_rows[order.numpy()], return_index=True)
-        return rank_slice(order[np.sort(first)], cfg.batch_size, accelerator)
-
-    steps = len(plan) if plan is not None else stage_steps(cfg, len(np.unique(image_rows)))
-    feed = _ImageFeed(images, lambda s: image_rows[step_rows(s, step_generator(seed, "vlp", s)).numpy()],
-                      steps, cfg.batch_size, cfg.num_workers)
-
-    def step_fn(step: int) -> dict[str, torch.Tensor]:
-        gen = step_generator(seed, "vlp", step)
-        rows = step_rows(step, gen)
-        width = int(lengths[rows].max())
-        ids = ids_all[rows, :width].to(device)
-        mask = mask_all[rows, :width].to(device)
-        pixels = backbone.preprocess_images(feed(step, image_rows[rows.numpy()])).to(device)
-        offset = 0
-        if backbone.train_all_positions:  # random offsets so every position gets trained
-            offset = backbone.sample_position_offset(mask.cpu(), generator=gen).to(device)
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            out = wrapped(pixels, ids, mask, position_offset=offset)
-        loss = losses.info_nce(out.image_embeds.float(), out.text_embeds.float(), scale=out.logit_scale)
-        return {"infonce": loss, "total": loss, "d_logit_scale": out.logit_scale.detach()}
-
-    task = TrainTask(modules={"backbone": backbone}, optimizer=opt, step_fn=step_fn,
-                     batch_size=cfg.batch_size, params_to_clip=[p for _, p in named],
-                     accelerator=accelerator)
-    try:
-        result = run_loop(task, cfg, stage="vlp", steps=steps, out_dir=out_dir, resume=resume,
-                          desc="vlp", record=record)
-    finally:
-        feed.close()
-    backbone.freeze()
-    return result
 
 
 # ----------------------------------------------------------------------------- command line

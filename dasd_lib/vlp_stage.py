@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 import time
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,12 +23,12 @@ from .backbones import build_tiny_backbone, load_backbone, load_hf_backbone
 from .backbones.hf import clip_image_preprocess
 from .checkpoint import (PRETRAINED_FILES, CheckpointError, atomic_dir, check_record, fingerprint,
                          make_record, read_meta)
-from .config import SOURCE_LANG, Params
+from .config import SOURCE_LANG, HFConfig, Params, TinyConfig
 from .context import Run, check_image_size
 from .pipeline import english_oracle
 from .storage import atomic_csv, atomic_write
-from .train import (StreamedImages, TrainingError, apply_determinism, file_fingerprint, on_main,
-                    process_rank, stage_inputs, train_vlp_stage)
+from .train import TrainingError, apply_determinism, file_fingerprint, on_main, process_rank, stage_inputs
+from .train_vlp import StreamedImages, train_vlp_stage
 
 log = logging.getLogger("dasd_lib.vlp_stage")
 
@@ -41,11 +42,12 @@ class VLPResult:
     samples_per_s: float
 
 
-# model fields that shape the VLP (and the tokenizers the target tower uses); the others
-# size the target tower only, so sweeping them reuses one VLP
-VLP_MODEL_FIELDS = ("backbone", "clip_path", "mbert_path", "embed_dim", "text_width", "text_layers",
-                    "text_heads", "context_length", "vision_width", "vision_layers",
-                    "english_vocab_size", "multilingual_vocab_size", "mbert_dim", "train_all_positions")
+# (section, key) of the parameters that shape the VLP (and the tokenizers the target tower
+# uses): the backbone selector and every key of tiny: and hf:; model's other keys size the
+# target tower only, so sweeping them reuses one VLP. Recorded as one mapping key -> value
+# (the record's "model" entry)
+VLP_MODEL_FIELDS = (("model", "backbone"), *(("hf", f.name) for f in dataclasses.fields(HFConfig)),
+                    *(("tiny", f.name) for f in dataclasses.fields(TinyConfig)))
 
 
 def vlp_training_texts(run: Run) -> tuple[pd.DataFrame, list[str]]:
@@ -73,12 +75,12 @@ def vlp_record(params: Params, train: pd.DataFrame, multilingual_texts: list[str
         "images": file_fingerprint(train.image_path.tolist()),
         "tokenizer_texts": fingerprint(multilingual_texts)})
     inputs = {"vlp": stage_inputs(params.vlp),
-              "model": {k: getattr(params.model, k) for k in VLP_MODEL_FIELDS},
+              "model": {k: getattr(getattr(params, s), k) for s, k in VLP_MODEL_FIELDS},
               "seed": params.run.vlp_seed, "image_size": params.data.image_size, "data": data}
-    if params.vlp.epochs > 0:  # what an epoch is (train.vlp_epoch_batches)
+    if params.vlp.epochs > 0:  # what an epoch is (train_vlp.vlp_epoch_batches)
         inputs["epoch"] = "every (image, caption) pair once, one caption per image per batch"
     if params.model.backbone == "hf":  # the CLIP folder's image processor settings
-        inputs["image_preprocess"] = clip_image_preprocess(params.model.clip_path)
+        inputs["image_preprocess"] = clip_image_preprocess(params.hf.clip_path)
     return make_record({"kind": "vlp", "backbone": params.model.backbone}, inputs)
 
 
@@ -154,9 +156,9 @@ def source_vlp(run: Run, resume: bool = True, restart: bool = False) -> VLPResul
             with torch.random.fork_rng(devices=[]):  # the VLP's initial weights come from vlp_seed
                 torch.manual_seed(params.run.vlp_seed)
                 built.append(build_tiny_backbone(
-                    params.model, english_texts=train.caption.tolist(),
+                    params.tiny, english_texts=train.caption.tolist(),
                     multilingual_texts=multilingual_texts,
-                    image_size=params.data.image_size) if tiny else load_hf_backbone(params.model))
+                    image_size=params.data.image_size) if tiny else load_hf_backbone(params.hf))
             if world > 1 and tiny:
                 built[0].save(initial)
             return ""
@@ -171,14 +173,14 @@ def source_vlp(run: Run, resume: bool = True, restart: bool = False) -> VLPResul
             if built:
                 backbone = built[0]
             else:  # another process: the main process's tokenizers and initial weights
-                backbone = load_backbone(initial) if tiny else load_hf_backbone(params.model)
+                backbone = load_backbone(initial) if tiny else load_hf_backbone(params.hf)
                 log.info("VLP: process %d of %d loaded the main process's %s", rank, world,
                          initial if tiny else "CLIP")
             check_image_size(params, backbone)
         if trains_vlp and not reused:
             apply_determinism(params.run.deterministic)
             # keyed by file path: image ids repeat across corpora (both start at train_00000);
-            # read as training needs them (train.StreamedImages), not all at once
+            # read as training needs them (train_vlp.StreamedImages), not all at once
             image_paths, image_rows = np.unique(train.image_path.values, return_inverse=True)
             images = StreamedImages(image_paths.tolist(),
                                     lambda paths: backbone.read_images(paths, params.data.image_size))

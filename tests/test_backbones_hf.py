@@ -6,11 +6,12 @@ import torch
 from transformers import BertConfig, BertModel, BertTokenizer, CLIPConfig, CLIPModel
 
 from dasd_lib.backbones import BackboneError, load_backbone, load_hf_backbone, train_wordpiece
-from dasd_lib.config import ModelConfig
+from dasd_lib.config import HFConfig, ModelConfig
 from dasd_lib.model import build_target_model
 
 EN = ["a red circle left of a blue square", "two small green triangles", "there is a big star"]
 ML_WORDS = ["ein", "roter", "kreis", "un", "cercle", "rouge", "红", "色", "圆", "##s", "##e"]
+TOWER = ModelConfig(backbone="hf", adapter_rank=4, generator_dim=16, sdm_hidden=16, static_hidden=8)
 
 
 def make_hf_folders(root, bin_format=False):
@@ -37,8 +38,7 @@ def make_hf_folders(root, bin_format=False):
     else:
         bert.save_pretrained(root / "bert")
     tok_ml.save_pretrained(root / "bert")
-    cfg = ModelConfig(backbone="hf", clip_path=str(root / "clip"), mbert_path=str(root / "bert"),
-                      adapter_rank=4, generator_dim=16, sdm_hidden=16, static_hidden=8)
+    cfg = HFConfig(clip_path=str(root / "clip"), mbert_path=str(root / "bert"))
     return cfg, clip, bert
 
 
@@ -75,7 +75,7 @@ def test_hf_target_models_and_save_load(hf, tmp_path):
     assert loaded.identity() == bb.identity()
     ids, mask = bb.tokenize_target(["ein roter kreis", "un cercle rouge"])
     for method in ["dasd", "static", "full_distill"]:
-        model = build_target_model(loaded, cfg, method, ["de", "fr"], seed=0)
+        model = build_target_model(loaded, TOWER, method, ["de", "fr"], seed=0)
         assert torch.equal(model.embedding.weight, bb.ml_init_embeddings)  # E from mBERT
         out = model(ids, mask, "de")
         assert out.r_T.shape == (2, 24) and torch.isfinite(out.r_T).all()
@@ -88,7 +88,7 @@ def test_hf_bin_embeddings_and_clear_errors(tmp_path):
     bb = load_hf_backbone(cfg)
     assert torch.equal(bb.ml_init_embeddings, bert.embeddings.word_embeddings.weight)
     with pytest.raises(BackboneError, match="mbert_path is empty"):
-        load_hf_backbone(ModelConfig(backbone="hf", clip_path=cfg.clip_path))
+        load_hf_backbone(HFConfig(clip_path=cfg.clip_path))
     (tmp_path / "bert" / "pytorch_model.bin").unlink()
     with pytest.raises(BackboneError, match="no model.safetensors"):
         load_hf_backbone(cfg)

@@ -4,16 +4,16 @@ import pytest
 import torch
 
 from dasd_lib.backbones import BackboneError, build_backbone, build_tiny_backbone, load_backbone
-from dasd_lib.config import ModelConfig
+from dasd_lib.config import TinyConfig
 
 EN = ["a red circle left of a blue square", "two small green triangles above a star",
       "there is a big yellow star", "a blue square", "three purple circles in a row"]
 ML = EN + ["ein roter Kreis links von einem blauen Quadrat", "es gibt einen großen gelben Stern",
            "un cercle rouge à gauche d'un carré bleu", "červený kruh vlevo od modrého čtverce",
            "青い四角の左に赤い丸", "蓝色方块左边的红色圆圈", "一个黄色的大星星"]
-CFG = ModelConfig(embed_dim=32, text_width=32, text_layers=2, text_heads=2, context_length=12,
-                  vision_width=8, vision_layers=2, english_vocab_size=120, multilingual_vocab_size=300,
-                  mbert_dim=16)
+CFG = TinyConfig(embed_dim=32, text_width=32, text_layers=2, text_heads=2, context_length=12,
+                 vision_width=8, vision_layers=2, english_vocab_size=120, multilingual_vocab_size=300,
+                 mbert_dim=16)
 
 
 @pytest.fixture(scope="module")

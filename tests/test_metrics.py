@@ -195,8 +195,8 @@ def test_real_data_languages_are_not_limited_to_the_synthetic_five():
     (["data.source=manifest", "data.path=/nowhere/m.csv"], "data.path: /nowhere/m.csv does not exist"),
     (["data.source=release", "data.path=EXISTING", "data.english_path=/nowhere/en.json"],
      "data.english_path: /nowhere/en.json does not exist; it names the English captions"),
-    (["model.backbone=hf"], "model.clip_path is empty; backbone hf needs a CLIP folder"),
-    (["model.backbone=hf", "model.clip_path=/nowhere/clip"], "model.clip_path: /nowhere/clip does not exist"),
+    (["model.backbone=hf"], "hf.clip_path is empty; backbone hf needs a CLIP folder"),
+    (["model.backbone=hf", "hf.clip_path=/nowhere/clip"], "hf.clip_path: /nowhere/clip does not exist"),
     (["run.imported=/nowhere/imp", "run.methods={finetune: [dasd]}", "run.settings=[finetune]"], "run.imported: /nowhere/imp is not a folder"),
 ])
 @pytest.mark.fault
@@ -209,7 +209,7 @@ def test_missing_inputs_stop_before_notebook_00(tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message):
         check_run(params)
     # a hub id cannot be checked offline, so it passes
-    check_run(load_params(None, ["model.backbone=hf", "model.clip_path=openai/clip-vit-base-patch16"]))
+    check_run(load_params(None, ["model.backbone=hf", "hf.clip_path=openai/clip-vit-base-patch16"]))
     # a release corpus without English captions is allowed (they only add English rows)
     check_run(load_params(None, ["data.source=release", f"data.path={existing}"]))
 

@@ -7,21 +7,22 @@ import torch
 from dasd_lib.backbones import build_tiny_backbone
 from dasd_lib.checkpoint import (PRETRAINED_FILES, CheckpointError, from_pretrained, load_state, read_meta,
                                  save_pretrained, save_state)
-from dasd_lib.config import ModelConfig
+from dasd_lib.config import ModelConfig, TinyConfig
 from dasd_lib.model import build_target_model
 
 EN = ["a red circle left of a blue square", "two small green triangles", "a big yellow star"]
 ML = EN + ["ein roter Kreis", "zwei kleine grüne Dreiecke", "蓝色方块左边的红色圆圈"]
-CFG = ModelConfig(embed_dim=16, text_width=16, text_layers=2, text_heads=2, context_length=16,
+TINY = TinyConfig(embed_dim=16, text_width=16, text_layers=2, text_heads=2, context_length=16,
                   vision_width=8, vision_layers=2, english_vocab_size=100, multilingual_vocab_size=200,
-                  mbert_dim=8, adapter_rank=4, generator_dim=8, sdm_hidden=8, static_hidden=8)
+                  mbert_dim=8)
+CFG = ModelConfig(adapter_rank=4, generator_dim=8, sdm_hidden=8, static_hidden=8)
 
 
 @pytest.fixture(scope="module")
 def backbones():
     torch.manual_seed(0)
-    a = build_tiny_backbone(CFG, EN, ML, image_size=16)
-    b = build_tiny_backbone(CFG, EN, ML, image_size=16)  # same architecture, other weights
+    a = build_tiny_backbone(TINY, EN, ML, image_size=16)
+    b = build_tiny_backbone(TINY, EN, ML, image_size=16)  # same architecture, other weights
     return a, b
 
 
@@ -50,7 +51,7 @@ def test_wrong_backbone_or_languages(backbones, tmp_path):
     save_pretrained(build_target_model(a, CFG, "static", ["de", "zh"]), tmp_path / "ck")
     with pytest.raises(CheckpointError, match="weights hash"):
         from_pretrained(tmp_path / "ck", b)
-    bigger = build_tiny_backbone(dataclasses.replace(CFG, text_layers=3), EN, ML, image_size=16)
+    bigger = build_tiny_backbone(dataclasses.replace(TINY, text_layers=3), EN, ML, image_size=16)
     with pytest.raises(CheckpointError, match="trained on backbone 'tiny.*L=2.*given is 'tiny.*L=3"):
         from_pretrained(tmp_path / "ck", bigger)
     with pytest.raises(CheckpointError, match=r"languages \['de', 'zh'\].*\['de', 'fr'\]"):

@@ -4,11 +4,12 @@ import dataclasses
 
 import pytest
 
-from dasd_lib.config import ModelConfig
+from dasd_lib.config import ModelConfig, TinyConfig
 from dasd_lib.model import count_discriminator, count_trainable
 
-VITB = ModelConfig(embed_dim=512, text_width=512, text_layers=12, text_heads=8, context_length=77,
-                   mbert_dim=768, adapter_rank=32, generator_dim=512, sdm_hidden=256, static_hidden=256)
+VITB_TEXT = TinyConfig(embed_dim=512, text_width=512, text_layers=12, text_heads=8, context_length=77,
+                       mbert_dim=768)
+VITB = ModelConfig(adapter_rank=32, generator_dim=512, sdm_hidden=256, static_hidden=256)
 VOCAB, E = 119547, 768
 
 # method.md, "Numbers that pin the implementation"
@@ -40,10 +41,10 @@ def test_closed_form_parts_add_up():
 ])
 def test_vitb_counts(method, n_langs, freeze, expected):
     cfg = dataclasses.replace(VITB, freeze_embedding=freeze)
-    assert count_trainable(cfg, method, n_langs, VOCAB, E) == expected
+    assert count_trainable(VITB_TEXT, cfg, method, n_langs, VOCAB, E) == expected
 
 
 def test_shared_adapters_and_discriminator():
     shared = dataclasses.replace(VITB, share_adapters=True)
-    assert count_trainable(shared, "dasd", 5, VOCAB, E) == 100_224_128
-    assert count_discriminator(VITB) == 295_554
+    assert count_trainable(VITB_TEXT, shared, "dasd", 5, VOCAB, E) == 100_224_128
+    assert count_discriminator(VITB_TEXT, VITB) == 295_554

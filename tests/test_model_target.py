@@ -7,7 +7,7 @@ import torch
 
 from dasd_lib import losses
 from dasd_lib.backbones import build_tiny_backbone
-from dasd_lib.config import ModelConfig
+from dasd_lib.config import ModelConfig, TinyConfig
 from dasd_lib.model import (METHODS, Discriminator, build_target_model, masked_mean,
                             trainable_parameters)
 
@@ -15,9 +15,10 @@ EN = ["a red circle left of a blue square", "two small green triangles above a s
       "there is a big yellow star", "a blue square"]
 ML = EN + ["ein roter Kreis links von einem blauen Quadrat", "es gibt einen großen gelben Stern",
            "zwei kleine grüne Dreiecke über einem Stern", "蓝色方块左边的红色圆圈", "一个黄色的大星星"]
-CFG = ModelConfig(embed_dim=24, text_width=32, text_layers=3, text_heads=2, context_length=24,
+TINY = TinyConfig(embed_dim=24, text_width=32, text_layers=3, text_heads=2, context_length=24,
                   vision_width=8, vision_layers=2, english_vocab_size=120, multilingual_vocab_size=300,
-                  mbert_dim=16, adapter_rank=4, generator_dim=16, sdm_hidden=16, static_hidden=8)
+                  mbert_dim=16)
+CFG = ModelConfig(adapter_rank=4, generator_dim=16, sdm_hidden=16, static_hidden=8)
 LANGS = ["de", "zh"]
 SHORT, LONG = "ein Kreis", "zwei kleine grüne Dreiecke über einem Stern links von einem blauen Quadrat"
 
@@ -25,7 +26,7 @@ SHORT, LONG = "ein Kreis", "zwei kleine grüne Dreiecke über einem Stern links 
 @pytest.fixture(scope="module")
 def backbone():
     torch.manual_seed(0)
-    return build_tiny_backbone(CFG, EN, ML, image_size=16)
+    return build_tiny_backbone(TINY, EN, ML, image_size=16)
 
 
 def snapshot(module):
@@ -45,7 +46,7 @@ def test_backbone_frozen_and_bit_identical_after_training(backbone, method):
     own = snapshot(model)
     opt = torch.optim.AdamW(trainable_parameters(model), lr=1e-2)
     ids, mask = backbone.tokenize_target(ML[4:7])
-    target = torch.randn(3, CFG.embed_dim)
+    target = torch.randn(3, TINY.embed_dim)
     for _ in range(3):
         out = model(ids, mask, "de")
         loss = losses.mse(out.r_T, target)
@@ -70,7 +71,7 @@ def test_padding_invariance(backbone, method):
         assert ids.shape[1] > int(mask[0].sum()) + 5  # SHORT really is padded
         batched = model(ids, mask, "de")
         ids1, mask1 = backbone.tokenize_target([SHORT])
-        pad = CFG.context_length - ids1.shape[1]
+        pad = TINY.context_length - ids1.shape[1]
         full_ids = torch.nn.functional.pad(ids1, (0, pad), value=backbone.tokenizer_target.pad_token_id)
         full = model(full_ids, torch.nn.functional.pad(mask1, (0, pad)), "de")
     for other in (batched, full):
@@ -88,7 +89,7 @@ def test_dynamic_matrices_differ_per_caption_static_has_none(backbone):
     ids, mask = backbone.tokenize_target(ML[4:8])
     dasd = build_target_model(backbone, CFG, "dasd", LANGS, seed=0)
     out = out_dasd = dasd(ids, mask, "de")
-    assert len(out.w_z) == CFG.text_layers
+    assert len(out.w_z) == TINY.text_layers
     for w in out.w_z:
         assert w.shape == (4, CFG.adapter_rank, CFG.adapter_rank)
         assert all(not torch.allclose(w[i], w[j], atol=1e-4) for i in range(4) for j in range(i))
@@ -98,7 +99,7 @@ def test_dynamic_matrices_differ_per_caption_static_has_none(backbone):
     assert static.generator is None and static.sdm is None
     # the same hidden states: the static adapter maps them identically for every caption,
     # the dynamic one differently under each caption's W_z
-    h = torch.randn(1, 5, CFG.text_width).expand(4, 5, CFG.text_width)
+    h = torch.randn(1, 5, TINY.text_width).expand(4, 5, TINY.text_width)
     with torch.no_grad():
         s_out = static.adapters["de"][1](h)
         d_out = dasd.adapters["de"][1](h, out_dasd.w_z[1])
@@ -165,7 +166,7 @@ def test_discriminator_and_adversarial_updates_touch_only_their_side(backbone):
     opt_d = torch.optim.Adam(disc.parameters(), lr=1e-2)
     opt_m = torch.optim.AdamW(trainable_parameters(model), lr=1e-2)
     ids, mask = backbone.tokenize_target(ML[4:9])
-    r_ref = torch.randn(5, CFG.embed_dim)
+    r_ref = torch.randn(5, TINY.embed_dim)
 
     sdm_before, disc_before = snapshot(model.sdm), snapshot(disc)
     out = model(ids, mask, "de")
@@ -212,8 +213,8 @@ def test_losses():
 def test_end_only_forward_equals_the_full_one(method, layers):
     """Evaluation's fast path (the last block at the end token only) gives the full
     forward's r_T, f_sr, f_sa and W_z, for captions of different lengths in one batch."""
-    cfg = dataclasses.replace(CFG, text_layers=layers, sdm_layers=min(layers, CFG.sdm_layers))
-    backbone = build_tiny_backbone(cfg, EN, ML, image_size=16)
+    cfg = dataclasses.replace(CFG, sdm_layers=min(layers, CFG.sdm_layers))
+    backbone = build_tiny_backbone(dataclasses.replace(TINY, text_layers=layers), EN, ML, image_size=16)
     model = build_target_model(backbone, cfg, method, LANGS, seed=0).eval()
     ids, mask = backbone.tokenize_target([SHORT, LONG, "drei Sterne"])
     with torch.no_grad():

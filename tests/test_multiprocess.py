@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import torch
 
-from dasd_lib import train as T
+from dasd_lib import devices, train as T
 from dasd_lib.checkpoint import load_state
 from dasd_lib.config import load_params
 from dasd_lib.context import Run, RunPaths
@@ -101,7 +101,7 @@ def test_warns_when_accelerate_starts_one_of_several(monkeypatch, caplog):
     try:
         cmdline = Path(f"/proc/{parent.pid}/cmdline").read_bytes().split(b"\0")
         assert T.launcher_processes(parent.pid) == 3, cmdline
-        monkeypatch.setattr(T.os, "getppid", lambda: parent.pid)  # warn_if_single_launch asks the parent
+        monkeypatch.setattr(devices.os, "getppid", lambda: parent.pid)  # warn_if_single_launch asks the parent
         with caplog.at_level("WARNING", logger="dasd_lib.train"):
             assert T.warn_if_single_launch()
         assert "asked for 3 processes but started one" in caplog.text

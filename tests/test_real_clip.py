@@ -30,6 +30,7 @@ from test_backbones_hf import EN, make_hf_folders
 from dasd_lib import vlp_stage
 from dasd_lib.context import Run, RunPaths
 from dasd_lib import train as T
+from dasd_lib import train_vlp as TV
 from dasd_lib.backbones import BackboneError, load_backbone, load_hf_backbone
 from dasd_lib.config import ConfigError, StageConfig, load_params
 from dasd_lib.features import features_key, frozen_features
@@ -195,8 +196,8 @@ def test_hf_preprocessing_settings_enter_the_frozen_cache_key_and_the_vlp_record
     assert frozen_features(a2, table, image_size=32, cache_dir=cache, device=CPU).from_cache
 
     # the English fine-tune's record follows the folder's processor file, same path
-    params = smoke_params(tmp_path, "model.backbone=hf", f"model.clip_path={cfg_a.clip_path}",
-                          f"model.mbert_path={cfg.mbert_path}")
+    params = smoke_params(tmp_path, "model.backbone=hf", f"hf.clip_path={cfg_a.clip_path}",
+                          f"hf.mbert_path={cfg.mbert_path}")
     before = vlp_stage.vlp_record(params, table, [])
     assert vlp_stage.vlp_record(params, table, []) == before
     (Path(cfg_a.clip_path) / "preprocessor_config.json").write_text(json.dumps(other))
@@ -248,7 +249,7 @@ def test_an_epoch_is_every_image_caption_pair_once_one_caption_per_image_per_bat
     image_rows = image_rows[rng.permutation(len(image_rows))]
     B = 32
     for epoch in range(3):
-        batches = T.vlp_epoch_batches(image_rows, B, seed=0, epoch=epoch)
+        batches = TV.vlp_epoch_batches(image_rows, B, seed=0, epoch=epoch)
         flat = np.concatenate(batches)
         assert np.array_equal(np.sort(flat), np.arange(len(image_rows)))   # each pair once
         for b in batches:
@@ -256,12 +257,12 @@ def test_an_epoch_is_every_image_caption_pair_once_one_caption_per_image_per_bat
         assert math.ceil(len(image_rows) / B) <= len(batches) <= math.ceil(len(image_rows) / B) + 1
         assert all(len(b) == B for b in batches[:-2])                     # full but for the end
     # shuffled per epoch, the same for the same (seed, epoch)
-    e0, e1 = (np.concatenate(T.vlp_epoch_batches(image_rows, B, 0, e)) for e in (0, 1))
+    e0, e1 = (np.concatenate(TV.vlp_epoch_batches(image_rows, B, 0, e)) for e in (0, 1))
     assert not np.array_equal(e0, e1)
-    assert np.array_equal(e0, np.concatenate(T.vlp_epoch_batches(image_rows, B, 0, 0)))
+    assert np.array_equal(e0, np.concatenate(TV.vlp_epoch_batches(image_rows, B, 0, 0)))
     # an image with more captions than fit one per batch still has all of them seen
     lopsided = _captions_per_image([40, 1, 1, 1])
-    batches = T.vlp_epoch_batches(lopsided, 4, 0, 0)
+    batches = TV.vlp_epoch_batches(lopsided, 4, 0, 0)
     assert sorted(np.concatenate(batches).tolist()) == list(range(43))
     assert all(len(set(lopsided[b].tolist())) == len(b) for b in batches)
 
@@ -269,7 +270,7 @@ def test_an_epoch_is_every_image_caption_pair_once_one_caption_per_image_per_bat
 def test_five_epochs_of_mscoco_are_about_22k_steps_at_batch_128():
     """MSCOCO's training split: 113,287 images x 5 English captions = 566,435 pairs."""
     image_rows = _captions_per_image([5] * 113_287)
-    one_epoch = len(T.vlp_epoch_batches(image_rows, 128, seed=0, epoch=0))
+    one_epoch = len(TV.vlp_epoch_batches(image_rows, 128, seed=0, epoch=0))
     assert one_epoch in (4426, 4427)          # ceil(566,435 / 128) = 4,426, not 113,287 / 128 = 886
     assert 22_000 <= 5 * one_epoch <= 22_200
 
@@ -286,12 +287,12 @@ def test_english_fine_tune_runs_epochs_over_pairs(hf_folders, tmp_path, monkeypa
     captions = [EN[i % len(EN)] + (" there is a big star" * (i % 2)) for i in range(len(image_rows))]
     images = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
     seen = []
-    real = T.rank_slice
-    monkeypatch.setattr(T, "rank_slice", lambda *a: seen.append(real(*a)) or seen[-1])
-    result = T.train_vlp_stage(backbone=bb, images=images, captions=captions, image_rows=image_rows,
+    real = TV.rank_slice
+    monkeypatch.setattr(TV, "rank_slice", lambda *a: seen.append(real(*a)) or seen[-1])
+    result = TV.train_vlp_stage(backbone=bb, images=images, captions=captions, image_rows=image_rows,
                                cfg=_vlp_cfg(epochs=2), seed=0, device_name="cpu",
                                out_dir=tmp_path / "vlp")
-    per_epoch = [len(T.vlp_epoch_batches(image_rows, 4, 0, e)) for e in (0, 1)]
+    per_epoch = [len(TV.vlp_epoch_batches(image_rows, 4, 0, e)) for e in (0, 1)]
     assert result.steps == len(seen) == sum(per_epoch) == len(result.losses)
     assert result.steps >= 2 * math.ceil(18 / 4)                  # not 2 x ceil(6 images / 4) = 4
     start = 0
@@ -320,7 +321,7 @@ def test_english_fine_tune_streams_images_in_chunks(hf_folders, tmp_path):
 
     whole = load_hf_backbone(cfg)
     in_memory = whole.read_images(paths, 32)
-    ref = T.train_vlp_stage(backbone=whole, images=in_memory, captions=captions, image_rows=image_rows,
+    ref = TV.train_vlp_stage(backbone=whole, images=in_memory, captions=captions, image_rows=image_rows,
                             cfg=vlp, seed=3, device_name="cpu", out_dir=tmp_path / "whole")
 
     streamed = load_hf_backbone(cfg)
@@ -331,11 +332,11 @@ def test_english_fine_tune_streams_images_in_chunks(hf_folders, tmp_path):
         return streamed.read_images(batch_paths, 32)
 
     per_image = 32 * 32 * 3
-    source = T.StreamedImages(paths, read, max_bytes=2 * 4 * per_image)   # chunk: one step
-    out = T.train_vlp_stage(backbone=streamed, images=source, captions=captions, image_rows=image_rows,
+    source = TV.StreamedImages(paths, read, max_bytes=2 * 4 * per_image)   # chunk: one step
+    out = TV.train_vlp_stage(backbone=streamed, images=source, captions=captions, image_rows=image_rows,
                             cfg=dataclasses.replace(vlp, num_workers=2), seed=3, device_name="cpu",
                             out_dir=tmp_path / "streamed")
-    assert out.steps == ref.steps == len(T.vlp_epoch_batches(image_rows, 4, 3, 0))
+    assert out.steps == ref.steps == len(TV.vlp_epoch_batches(image_rows, 4, 3, 0))
     assert np.array_equal(out.losses.total.to_numpy(), ref.losses.total.to_numpy())
     assert streamed.identity()["weights_hash"] == whole.identity()["weights_hash"]
     assert whole.identity()["weights_hash"] != load_hf_backbone(cfg).identity()["weights_hash"]  # it trained
@@ -362,7 +363,7 @@ def test_source_vlp_gives_the_fine_tune_files_to_stream(tmp_path, monkeypatch):
     with pytest.raises(Stop):
         vlp_stage.source_vlp(Run(params, tmp_path / "reports" / "run"))
     images = got["images"]
-    assert isinstance(images, T.StreamedImages) and len(images) == 8      # 8 training images
+    assert isinstance(images, TV.StreamedImages) and len(images) == 8      # 8 training images
     assert all(Path(p).is_file() for p in images.paths)
     first = images.read(images.paths[:2])
     assert first.shape == (2, 32, 32, 3) and first.dtype == np.uint8
@@ -373,7 +374,7 @@ def test_source_vlp_gives_the_fine_tune_files_to_stream(tmp_path, monkeypatch):
 
 def test_finetune_without_its_fine_tuned_clip_stops(hf_folders, tmp_path):
     root, cfg = hf_folders
-    hf = ["model.backbone=hf", f"model.clip_path={cfg.clip_path}", f"model.mbert_path={cfg.mbert_path}",
+    hf = ["model.backbone=hf", f"hf.clip_path={cfg.clip_path}", f"hf.mbert_path={cfg.mbert_path}",
           "data.image_size=32", "web.image_size=32"]
     run_dir = tmp_path / "reports" / "run"
     params = smoke_params(tmp_path, *hf, "vlp.epochs=5", "vlp.steps=0")

@@ -187,7 +187,7 @@ def real_overrides(tmp: Path, path_json: Path, langs: list[str], clip: str, bert
     return ["data.source=release", f"data.path={path_json}", f"data.langs={langs_y}",
             "data.image_size=32", "web.source=release", f"web.path={path_json}",
             f"web.langs={langs_y}", "web.image_size=32", "model.backbone=hf",
-            f"model.clip_path={clip}", f"model.mbert_path={bert}", f"model.mbert_dim={hidden}",
+            f"hf.clip_path={clip}", f"hf.mbert_path={bert}", f"tiny.mbert_dim={hidden}",
             "vlp.epochs=0", "vlp.steps=2", "vlp.batch_size=4", "vlp.lr=3.0e-6",
             "cla.steps=2", "cla.batch_size=8", "cma.steps=2", "cma.batch_size=8",
             "run.eval_variants=[native]", f"run.reports_dir={tmp / 'reports'}", "run.device=cpu",
@@ -219,8 +219,8 @@ def test_there_are_paper_parameter_files():
 def test_paper_parameter_files_hold_the_authors_defaults(path):
     p = load_params(path)
     dataset, setting = path.stem.split("_")[1:3]
-    assert p.model.backbone == "hf" and p.model.mbert_dim == 768
-    assert p.model.clip_path.startswith("/") and p.model.mbert_path.startswith("/")
+    assert p.model.backbone == "hf" and p.tiny.mbert_dim == 768
+    assert p.hf.clip_path.startswith("/") and p.hf.mbert_path.startswith("/")
     assert p.data.source == "release" and p.data.path.endswith(".json")
     assert p.data.langs == EXPECTED_LANGS[dataset]
     assert p.data.image_size == 224                      # CLIP ViT-B/16's input, not 64
@@ -241,10 +241,10 @@ def test_paper_parameter_files_hold_the_authors_defaults(path):
     else:
         assert p.run.kfold == 0
     header = path.read_text(encoding="utf-8").split("\ndata:")[0]
-    assert "Reproduces" in header and "-p data.path=" in header and "-p model.clip_path=" in header
+    assert "Reproduces" in header and "-p data.path=" in header and "-p hf.clip_path=" in header
     # a path override works the way the header says
-    q = load_params(path, ["data.path=/elsewhere/path.json", "model.clip_path=/w/clip"])
-    assert (q.data.path, q.model.clip_path) == ("/elsewhere/path.json", "/w/clip")
+    q = load_params(path, ["data.path=/elsewhere/path.json", "hf.clip_path=/w/clip"])
+    assert (q.data.path, q.hf.clip_path) == ("/elsewhere/path.json", "/w/clip")
 
 
 def test_paper_parameters_with_a_typo_fail_loudly(tmp_path):

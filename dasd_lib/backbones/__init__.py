@@ -15,22 +15,23 @@ from dasd_lib.backbones.hf import HFBackbone, load_hf_backbone, read_mbert_embed
 from dasd_lib.backbones.tiny import ShapeBackbone, TinyBackbone, build_tiny_backbone
 from dasd_lib.backbones.wordpiece import train_wordpiece
 from dasd_lib.storage import PRETRAINED_FILES, CheckpointError, load_state
-from dasd_lib.config import ModelConfig
+from dasd_lib.config import HFConfig, TinyConfig
 
 __all__ = ["Backbone", "BackboneError", "HFBackbone", "ShapeBackbone", "TinyBackbone", "VLPOutput",
            "build_backbone", "build_tiny_backbone", "load_backbone", "load_hf_backbone",
            "read_mbert_embeddings", "train_wordpiece"]
 
 
-def build_backbone(cfg: ModelConfig, table: Any = None, out_dir: str | Path | None = None,
+def build_backbone(cfg: TinyConfig | HFConfig, table: Any = None, out_dir: str | Path | None = None,
                    image_size: int = 64) -> Backbone:
-    """`hf`: load_hf_backbone(cfg). `tiny`: tokenizers trained on `table` (a DataFrame with
+    """An HFConfig (params.hf): load_hf_backbone(cfg). A TinyConfig (params.tiny): a tiny VLP
+    with tokenizers trained on `table` (a DataFrame with
     columns lang, caption and optionally split: the English rows train the VLP tokenizer,
     every row the multilingual one; only split == 'train' rows when the column exists).
     Saved to `out_dir` when given."""
-    if cfg.backbone == "hf":
+    if isinstance(cfg, HFConfig):
         backbone: Backbone = load_hf_backbone(cfg)
-    elif cfg.backbone == "tiny":
+    elif isinstance(cfg, TinyConfig):
         if table is None:
             raise BackboneError("backbone 'tiny' needs the data table to train its tokenizers")
         rows = table[table["split"] == "train"] if "split" in table.columns else table
@@ -39,17 +40,18 @@ def build_backbone(cfg: ModelConfig, table: Any = None, out_dir: str | Path | No
             raise BackboneError("backbone 'tiny': the table has no English training captions")
         backbone = build_tiny_backbone(cfg, english, rows["caption"].tolist(), image_size)
     else:
-        raise BackboneError(f"model.backbone must be 'tiny' or 'hf', got '{cfg.backbone}'")
+        raise BackboneError(f"build_backbone takes a TinyConfig (tiny:) or an HFConfig (hf:), "
+                            f"got {type(cfg).__name__}")
     if out_dir is not None:
         backbone.save(out_dir)
     return backbone
 
 
-def load_backbone(source: str | Path | ModelConfig) -> Backbone:
-    """A backbone folder written by `Backbone.save`, or an hf backbone from a ModelConfig."""
-    if isinstance(source, ModelConfig):
-        if source.backbone == "hf":
-            return load_hf_backbone(source)
+def load_backbone(source: str | Path | TinyConfig | HFConfig) -> Backbone:
+    """A backbone folder written by `Backbone.save`, or an hf backbone from an HFConfig."""
+    if isinstance(source, HFConfig):
+        return load_hf_backbone(source)
+    if isinstance(source, TinyConfig):
         raise BackboneError("a tiny backbone is trained, not loaded from a config: build it with "
                             "build_tiny_backbone or load the folder it was saved to")
     folder = Path(source)

@@ -26,7 +26,7 @@ from dasd_lib.backbones.base import Backbone, BackboneError
 from dasd_lib.backbones.wordpiece import load_tokenizer
 from dasd_lib.data.image_files import _to_rgb, load_images
 from dasd_lib.storage import PRETRAINED_FILES, atomic_dir, write_state
-from dasd_lib.config import ModelConfig, build_dataclass
+from dasd_lib.config import HFConfig, saved_model_config
 
 OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 OPENAI_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
@@ -43,7 +43,7 @@ def _resolve_file(path: str, names: list[str]) -> Path | None:
                 return folder / name
         return None
     if folder.is_absolute() or path.startswith((".", "~")) or folder.exists():
-        raise BackboneError(f"'{path}' is not a folder; point model.clip_path / model.mbert_path "
+        raise BackboneError(f"'{path}' is not a folder; point hf.clip_path / hf.mbert_path "
                             f"at a folder written by save_pretrained")
     try:  # a hub id: only works where the hub is reachable
         from huggingface_hub import hf_hub_download
@@ -75,7 +75,7 @@ def read_mbert_embeddings(path: str) -> torch.Tensor:
         files = ["model.safetensors", "pytorch_model.bin"]
     file = _resolve_file(path, files)
     if file is None:
-        raise BackboneError(f"model.mbert_path '{path}': no model.safetensors or pytorch_model.bin "
+        raise BackboneError(f"hf.mbert_path '{path}': no model.safetensors or pytorch_model.bin "
                             f"found; point it at a BERT folder written by save_pretrained")
     if file.suffix == ".safetensors":
         from safetensors import safe_open
@@ -139,7 +139,7 @@ def default_image_preprocess(image_size: int, mean: list[float] | None = None,
 def _vision_image_size(clip_path: str) -> int:
     file = _resolve_file(clip_path, ["config.json"])
     if file is None:
-        raise BackboneError(f"model.clip_path '{clip_path}': no config.json; point it at a folder "
+        raise BackboneError(f"hf.clip_path '{clip_path}': no config.json; point it at a folder "
                             f"written by CLIPModel.save_pretrained")
     return int(json.loads(file.read_text()).get("vision_config", {}).get("image_size", 224))
 
@@ -261,7 +261,7 @@ def normalise_pixels(x: torch.Tensor, spec: dict) -> torch.Tensor:
 class HFBackbone(Backbone):
     kind = "hf"
 
-    def __init__(self, *, cfg: ModelConfig, clip: nn.Module, tokenizer_source, tokenizer_target,
+    def __init__(self, *, cfg: HFConfig, clip: nn.Module, tokenizer_source, tokenizer_target,
                  ml_embeddings: torch.Tensor, image_mean: list[float], image_std: list[float],
                  image_preprocess: dict | None = None):
         super().__init__()
@@ -273,7 +273,7 @@ class HFBackbone(Backbone):
         self.image_size = clip.config.vision_config.image_size
         self.tokenizer_source, self.tokenizer_target = tokenizer_source, tokenizer_target
         if len(tokenizer_target) > ml_embeddings.shape[0]:
-            raise BackboneError(f"model.mbert_path '{cfg.mbert_path}': the tokenizer has "
+            raise BackboneError(f"hf.mbert_path '{cfg.mbert_path}': the tokenizer has "
                                 f"{len(tokenizer_target)} tokens but the embedding only "
                                 f"{ml_embeddings.shape[0]} rows")
         # a plain attribute, not a buffer: read once by build_target_model, never moved to GPU
@@ -375,7 +375,7 @@ class HFBackbone(Backbone):
         with atomic_dir(folder) as tmp:
             self.clip.save_pretrained(str(tmp / "clip"), safe_serialization=True)
             self.tokenizer_source.save_pretrained(str(tmp / "clip"))
-            # clip/ is a complete CLIP folder, usable as model.clip_path (e.g. zero-shot on a
+            # clip/ is a complete CLIP folder, usable as hf.clip_path (e.g. zero-shot on a
             # fine-tuned CLIP) with the same image preprocessing
             (tmp / "clip" / "preprocessor_config.json").write_text(
                 json.dumps(processor_config(self.image_preprocess), indent=2))
@@ -386,7 +386,7 @@ class HFBackbone(Backbone):
     @classmethod
     def load(cls, folder: str | Path, tensors: dict, meta: dict) -> HFBackbone:
         folder = Path(folder)
-        cfg = build_dataclass(ModelConfig, meta["model_config"], f"{folder}/config.json [model_config]")
+        cfg = saved_model_config(HFConfig, meta["model_config"], f"{folder}/config.json [model_config]")
         return cls(cfg=cfg, clip=_load_clip(str(folder / "clip")),
                    tokenizer_source=load_tokenizer(folder / "clip", f"{folder} (CLIP)"),
                    tokenizer_target=load_tokenizer(folder / "tokenizer_target", f"{folder} (mBERT)"),
@@ -400,21 +400,21 @@ def _load_clip(path: str) -> nn.Module:
     try:
         return CLIPModel.from_pretrained(path, attn_implementation="sdpa")
     except (OSError, ValueError, pickle.UnpicklingError) as err:  # a .bin is read weights_only
-        raise BackboneError(f"model.clip_path '{path}': cannot load a CLIPModel ({err}); use a "
+        raise BackboneError(f"hf.clip_path '{path}': cannot load a CLIPModel ({err}); use a "
                             f"folder written by CLIPModel.save_pretrained or a hub id") from err
 
 
-def load_hf_backbone(cfg: ModelConfig) -> HFBackbone:
+def load_hf_backbone(cfg: HFConfig) -> HFBackbone:
     """CLIPModel + its tokenizer from cfg.clip_path; mBERT tokenizer and word embeddings
     from cfg.mbert_path. All weights trainable until freeze() (English fine-tune first)."""
     for key in ("clip_path", "mbert_path"):
         if not getattr(cfg, key):
-            raise BackboneError(f"model.{key} is empty: set it to a local folder (save_pretrained "
+            raise BackboneError(f"hf.{key} is empty: set it to a local folder (save_pretrained "
                                 f"layout) or a hub id for backbone 'hf'")
     clip = _load_clip(cfg.clip_path)
     spec = clip_image_preprocess(cfg.clip_path, clip.config.vision_config.image_size)
     return HFBackbone(cfg=cfg, clip=clip,
-                      tokenizer_source=load_tokenizer(cfg.clip_path, f"model.clip_path '{cfg.clip_path}'"),
-                      tokenizer_target=load_tokenizer(cfg.mbert_path, f"model.mbert_path '{cfg.mbert_path}'"),
+                      tokenizer_source=load_tokenizer(cfg.clip_path, f"hf.clip_path '{cfg.clip_path}'"),
+                      tokenizer_target=load_tokenizer(cfg.mbert_path, f"hf.mbert_path '{cfg.mbert_path}'"),
                       ml_embeddings=read_mbert_embeddings(cfg.mbert_path), image_mean=spec["mean"],
                       image_std=spec["std"], image_preprocess=spec)

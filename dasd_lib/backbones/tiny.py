@@ -19,7 +19,7 @@ from torch import nn
 from dasd_lib.backbones.base import Backbone, BackboneError
 from dasd_lib.backbones.wordpiece import load_tokenizer, train_wordpiece
 from dasd_lib.storage import PRETRAINED_FILES, atomic_dir, write_state
-from dasd_lib.config import ModelConfig, build_dataclass
+from dasd_lib.config import TinyConfig, saved_model_config
 
 TINY_MEAN = [0.5, 0.5, 0.5]
 TINY_STD = [0.25, 0.25, 0.25]
@@ -31,7 +31,7 @@ class Block(nn.Module):
     def __init__(self, *, width: int, heads: int):
         super().__init__()
         if width % heads:
-            raise BackboneError(f"model.text_width {width} is not divisible by model.text_heads {heads}")
+            raise BackboneError(f"tiny.text_width {width} is not divisible by tiny.text_heads {heads}")
         self.heads = heads
         self.ln_1 = nn.LayerNorm(width)
         self.qkv = nn.Linear(width, 3 * width)
@@ -104,7 +104,7 @@ def _init_text(module: Backbone, width: int, layers: int) -> None:
 class TinyBackbone(Backbone):
     kind = "tiny"
 
-    def __init__(self, *, cfg: ModelConfig, image_size: int, tokenizer_source, tokenizer_target):
+    def __init__(self, *, cfg: TinyConfig, image_size: int, tokenizer_source, tokenizer_target):
         super().__init__()
         self.cfg = cfg
         self.embed_dim, self.width, self.num_layers = cfg.embed_dim, cfg.text_width, cfg.text_layers
@@ -150,7 +150,7 @@ class TinyBackbone(Backbone):
     @classmethod
     def load(cls, folder: str | Path, tensors: dict, meta: dict) -> TinyBackbone:
         folder = Path(folder)
-        cfg = build_dataclass(ModelConfig, meta["model_config"], f"{folder}/config.json [model_config]")
+        cfg = saved_model_config(TinyConfig, meta["model_config"], f"{folder}/config.json [model_config]")
         bb = cls(cfg=cfg, image_size=int(meta["image_size"]),
                  tokenizer_source=load_tokenizer(folder / "tokenizer_source", f"{folder} (English)"),
                  tokenizer_target=load_tokenizer(folder / "tokenizer_target", f"{folder} (multilingual)"))
@@ -161,7 +161,7 @@ class TinyBackbone(Backbone):
         return bb
 
 
-def build_tiny_backbone(cfg: ModelConfig, english_texts: list[str], multilingual_texts: list[str],
+def build_tiny_backbone(cfg: TinyConfig, english_texts: list[str], multilingual_texts: list[str],
                         image_size: int) -> TinyBackbone:
     """Train both WordPiece tokenizers and build an untrained tiny VLP (trainable)."""
     tok_en = train_wordpiece(list(english_texts), cfg.english_vocab_size, context_length=cfg.context_length)
@@ -176,7 +176,7 @@ class ShapeBackbone(Backbone):
 
     kind = "shape"
 
-    def __init__(self, *, cfg: ModelConfig, vocab: int, e: int):
+    def __init__(self, *, cfg: TinyConfig, vocab: int, e: int):
         super().__init__()
         self.cfg, self._vocab = cfg, vocab
         self.embed_dim, self.width, self.num_layers = cfg.embed_dim, cfg.text_width, cfg.text_layers
