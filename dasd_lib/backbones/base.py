@@ -97,10 +97,13 @@ def positions(pos_embedding: torch.Tensor, T: int, offset: int | torch.Tensor = 
     return pos_embedding[idx.clamp(max=ctx - 1)]  # (B, T, w)
 
 
-def images_to_pixels(images: Any, size: int, mean: list[float], std: list[float]) -> torch.Tensor:
-    """uint8 (N, H, W, 3) array or tensor -> normalised float (N, 3, size, size).
-    Resizes the shorter side to `size` (bicubic, antialiased) and centre-crops."""
-    x = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(images))
+def uint8_images(images: Any) -> torch.Tensor:
+    """An image array or tensor, or one image, as a uint8 tensor (N, H, W, 3); anything else
+    is refused naming its shape or dtype."""
+    if not isinstance(images, torch.Tensor):
+        images = np.ascontiguousarray(images)
+        images = images if images.flags.writeable else images.copy()  # e.g. np.asarray(a PIL image)
+    x = images if isinstance(images, torch.Tensor) else torch.from_numpy(images)
     if x.ndim == 3:
         x = x[None]
     if x.ndim != 4 or x.shape[-1] != 3:
@@ -108,6 +111,13 @@ def images_to_pixels(images: Any, size: int, mean: list[float], std: list[float]
                             f"got {tuple(x.shape)}")
     if x.dtype != torch.uint8:
         raise BackboneError(f"preprocess_images: expected uint8 pixels, got {x.dtype}")
+    return x
+
+
+def images_to_pixels(images: Any, size: int, mean: list[float], std: list[float]) -> torch.Tensor:
+    """uint8 (N, H, W, 3) array or tensor -> normalised float (N, 3, size, size).
+    Resizes the shorter side to `size` (bicubic, antialiased) and centre-crops."""
+    x = uint8_images(images)
     x = x.permute(0, 3, 1, 2).float().div_(255.0)  # (N, 3, H, W)
     H, W = x.shape[-2:]
     if (H, W) != (size, size):

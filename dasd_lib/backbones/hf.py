@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from dasd_lib.backbones.base import Backbone, BackboneError
+from dasd_lib.backbones.base import Backbone, BackboneError, uint8_images
 from dasd_lib.backbones.wordpiece import load_tokenizer
 from dasd_lib.data.image_files import _to_rgb, load_images
 from dasd_lib.storage import PRETRAINED_FILES, atomic_dir, write_state
@@ -306,17 +306,7 @@ class HFBackbone(Backbone):
         """uint8 (N, H, W, 3) -> float (N, 3, S, S) as CLIPImageProcessor computes it. Images
         already S x S are taken as read_images made them (resized and cropped), so only
         rescaled and normalised; others are resized and cropped first, image by image."""
-        if not isinstance(images, torch.Tensor):
-            images = np.ascontiguousarray(images)
-            images = images if images.flags.writeable else images.copy()  # e.g. np.asarray(a PIL image)
-        x = images if isinstance(images, torch.Tensor) else torch.from_numpy(images)
-        if x.ndim == 3:
-            x = x[None]
-        if x.ndim != 4 or x.shape[-1] != 3:
-            raise BackboneError(f"preprocess_images: expected images of shape (N, H, W, 3), "
-                                f"got {tuple(x.shape)}")
-        if x.dtype != torch.uint8:
-            raise BackboneError(f"preprocess_images: expected uint8 pixels, got {x.dtype}")
+        x = uint8_images(images)
         if tuple(x.shape[1:3]) != (self.image_size, self.image_size):
             x = torch.from_numpy(np.stack([
                 resize_and_crop(Image.fromarray(a), self.image_preprocess) for a in x.cpu().numpy()]))
