@@ -117,6 +117,14 @@ class Run:
     def __repr__(self) -> str:
         return f"Run({self.params.run.run_id or ''!r}, {str(self.dir)!r})"
 
+    def __getstate__(self) -> dict:
+        """Pickled (to a worker process, dasd_lib.parallel): the parameters and the folder,
+        without the memos; the copy reads what it needs again."""
+        return {"params": self.params, "folder": str(self.dir)}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["params"], state["folder"])
+
     @property
     def dir(self) -> Path:
         """The run folder."""

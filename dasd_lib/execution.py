@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 from filelock import FileLock, Timeout
 
+from .parallel import die_with_parent
 from .report_html import REPORT_FILE, stale_report_inputs, write_report
 from .storage import PROGRESS_ENV, atomic_write, read_progress
 
@@ -338,16 +339,9 @@ def bind_kernel_to_runner() -> bool:
     run folder (ipykernel's own parent poller takes up to a second). Whether it was bound;
     a no-op outside dasd-run, off Linux, or when the parent is not the runner."""
     runner = os.environ.get(RUNNER_ENV, "")
-    if not runner.isdigit() or not sys.platform.startswith("linux") or os.getppid() != int(runner):
+    if not runner.isdigit() or os.getppid() != int(runner):
         return False
-    import ctypes
-    import signal
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(1, int(signal.SIGKILL), 0, 0, 0) != 0:  # 1 = PR_SET_PDEATHSIG
-        return False
-    if os.getppid() != int(runner):  # the runner died before the call: follow it now
-        os._exit(1)
-    return True
+    return die_with_parent(int(runner))
 
 
 REPORT_HOOK_MARK = "_dasd_keeps_report_fresh"  # on the post_run_cell callback keep_report_fresh registers

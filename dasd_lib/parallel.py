@@ -46,17 +46,20 @@ def resolve_workers(workers: int, device: str = "cpu") -> int:
     return usable_cpus() if workers <= 0 else workers
 
 
-def die_with_parent(parent_pid: int) -> None:
-    """Linux: SIGKILL this process when its parent dies, so a killed kernel or runner leaves
-    no worker writing on into its run folder. Elsewhere a no-op."""
+def die_with_parent(parent_pid: int) -> bool:
+    """Linux: SIGKILL this process when its parent `parent_pid` dies (prctl
+    PR_SET_PDEATHSIG), so a killed runner or kernel leaves no process writing on into its
+    run folder. Whether it was bound; a no-op off Linux."""
     if not sys.platform.startswith("linux"):
-        return
+        return False
     import ctypes
     import signal
     libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
-    if os.getppid() != parent_pid:  # the parent died before the call
+    if libc.prctl(1, int(signal.SIGKILL), 0, 0, 0) != 0:  # 1 = PR_SET_PDEATHSIG
+        return False
+    if os.getppid() != parent_pid:  # the parent died before the call: follow it now
         os._exit(1)
+    return True
 
 
 @contextmanager

@@ -74,7 +74,7 @@ def train_stage_all(run: Run, stage: str, resume: bool = True,
         methods = trained_methods(params, setting)
         if not methods:
             continue
-        on_main(lambda: _stage_inputs(run, setting) and None)  # encodes once, writes the cache
+        on_main(lambda: _write_feature_cache(run, setting))
         for method in methods:
             for seed in params.run.seeds:
                 init = paths.checkpoint(setting, method, seed, "cla") / "model" if stage == "cma" else None
@@ -83,7 +83,7 @@ def train_stage_all(run: Run, stage: str, resume: bool = True,
                                         f"in {init}; run notebook 02_train_cla first")
                 jobs.append((setting, method, seed))
     summary = run_jobs(_train_job, jobs, workers=_workers(run), context_fn=_StageJobs,
-                       context_args=(params, str(run.dir), stage, resume, restart))
+                       context_args=(run, stage, resume, restart))
     frame = pd.DataFrame(summary)
     if is_main_process():
         atomic_csv(frame, paths.root / f"train_{stage}_summary.csv")
@@ -95,6 +95,12 @@ def _workers(run: Run) -> int:
     """Processes for a notebook's jobs (run.workers); under a multi-process launch
     (accelerate) every process takes part in every job instead."""
     return 1 if process_rank()[1] > 1 else resolve_workers(run.params.run.workers, run.device.type)
+
+
+def _write_feature_cache(run: Run, setting: str) -> None:
+    """Encode the setting's training images and English captions once (on the main
+    process), so that every job reads them from the cache."""
+    _stage_inputs(run, setting)
 
 
 def _stage_inputs(run: Run, setting: str):
@@ -109,10 +115,11 @@ def _stage_inputs(run: Run, setting: str):
 
 class _StageJobs:
     """What the jobs of one stage share, built once per worker: per setting, the backbone
-    and the tokenized training captions with their frozen references."""
+    and the tokenized training captions with their frozen references. In-process it uses the
+    caller's run (its loaded tables and backbones); a worker gets a copy without them."""
 
-    def __init__(self, params: Params, run_dir: str, stage: str, resume: bool, restart: bool):
-        self.run, self.stage, self.resume, self.restart = Run(params, run_dir), stage, resume, restart
+    def __init__(self, run: Run, stage: str, resume: bool, restart: bool):
+        self.run, self.stage, self.resume, self.restart = run, stage, resume, restart
         self._data: dict[str, object] = {}
 
     def data(self, setting: str):
@@ -215,8 +222,7 @@ class _EvalJobs:
     tokens: dict = field(default_factory=dict)
 
 
-def _eval_context(params: Params, run_dir: str, n_models: int) -> _EvalJobs:
-    run = Run(params, run_dir)
+def _eval_context(run: Run, n_models: int) -> _EvalJobs:
     test = run.test_table()
     return _EvalJobs(run, test, unique_images(test).image_id.tolist(), n_models)
 
@@ -271,7 +277,7 @@ def evaluate_run(run: Run, *, write: bool = True) -> pd.DataFrame:
     params, run_dir = run.params, run.dir
     n_models = sum(len(params.run.seeds[:1] if METHODS[m].oracle else params.run.seeds)
                    for s in params.run.settings for m in params.run.methods.get(s, []))
-    ctx = _eval_context(params, str(run_dir), n_models)
+    ctx = _eval_context(run, n_models)
     parts: list = []  # in the run's order: the oracle's rows, or the index of a model's job
     jobs: list = []
     for setting in params.run.settings:
@@ -291,7 +297,7 @@ def evaluate_run(run: Run, *, write: bool = True) -> pd.DataFrame:
             parts.append([{"setting": setting, "method": method, "seed": params.run.seeds[0],
                            "variant": "native", "lang": SOURCE_LANG, "trainable_params": 0} | m])
     done = run_jobs(_eval_job, jobs, workers=_workers(run), context_fn=_eval_context,
-                    context_args=(params, str(run_dir), n_models))
+                    context_args=(run, n_models))
     rows, scored, hits = [], [], []
     for part in parts:
         if isinstance(part, list):
