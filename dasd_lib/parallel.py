@@ -17,9 +17,11 @@ the caller, the same type with the same message; a worker that dies stops the ca
 its exit code. Workers die with their parent (Linux: PR_SET_PDEATHSIG)."""
 from __future__ import annotations
 
+import ctypes
 import multiprocessing as mp
 import os
 import queue
+import signal
 import sys
 import traceback
 from contextlib import contextmanager
@@ -52,8 +54,6 @@ def die_with_parent(parent_pid: int) -> bool:
     run folder. Whether it was bound; a no-op off Linux."""
     if not sys.platform.startswith("linux"):
         return False
-    import ctypes
-    import signal
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(1, int(signal.SIGKILL), 0, 0, 0) != 0:  # 1 = PR_SET_PDEATHSIG
         return False

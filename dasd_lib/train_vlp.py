@@ -7,6 +7,7 @@ its logger.
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -49,7 +50,6 @@ class _ImageFeed:
 
     def __init__(self, images, needed: Callable[[int], np.ndarray], steps: int, batch_size: int,
                  workers: int):
-        from concurrent.futures import ThreadPoolExecutor
         self.needed, self.steps, self.workers = needed, steps, max(1, workers)
         self.array: np.ndarray | None = images if isinstance(images, np.ndarray) else None
         self.source, self.ahead, self.current = images, {}, None
