@@ -7,13 +7,14 @@ Measures samples/s of one CLA and one CMA training step of `dasd_lib` in two mod
              shared with the main path (TargetTextModel.forward(share_prefix=True));
   naive      the authors' code: every frozen output recomputed each step (image tower on
              the pixels for CMA, English text tower on ids padded to 77), target captions
-             padded to 77, separate SDM / main passes (share_prefix=False).
+             padded to 77, separate SDM / main passes, every token through every block
+             (share_prefix=False, end_only=False).
 
 Both modes run the library's own setup (dasd_lib.train.target_task) and its one training
 step (dasd_lib.train.train_step, which run_loop runs: the TargetStep's forward, losses of
 method.md and discriminator update, then backward, clipping, AdamW with make_optimizer's
-parameter groups, the cosine schedule); only the data object and the share_prefix flag
-differ. Also: that both modes give the same outputs, losses and
+parameter groups, the cosine schedule); only the data object and the share_prefix / end_only
+flags differ. Also: that both modes give the same outputs, losses and
 gradients on the same batch from the same weights; evaluation time (embed N captions,
 similarity, metrics); peak RSS; the optimised CMA step's FLOP rate against a plain fp32
 matmul. Prints a table, then one JSON line. On CPU it uses one thread unless told
@@ -228,13 +229,17 @@ def stage_config(batch: int, lr: float = 1e-4, precision: str = "auto", compile:
 # ----------------------------------------------------------------------------- steps
 
 class Recorder:
-    """Calls the target model with a fixed share_prefix and keeps the last output."""
+    """Calls the target model in one mode and keeps the last output. Optimised
+    (share_prefix=True): what the step asks for (block 0 shared, the last block at the end
+    token only); naive: the authors' full computation (separate SDM and main passes, every
+    token through every block)."""
 
     def __init__(self, model, share_prefix: bool):
         self.model, self.share_prefix, self.last = model, share_prefix, None
 
-    def __call__(self, ids, mask, lang):
-        self.last = self.model(ids, mask, lang, share_prefix=self.share_prefix)
+    def __call__(self, ids, mask, lang, end_only: bool = False):
+        self.last = self.model(ids, mask, lang, share_prefix=self.share_prefix,
+                               end_only=end_only and self.share_prefix)
         return self.last
 
 

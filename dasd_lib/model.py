@@ -302,8 +302,8 @@ class TargetTextModel(nn.Module):
                 share_prefix: bool = True, end_only: bool = False) -> TargetOutput:
         """ids, mask (B, T) from backbone.tokenize_target, one language per batch.
         end_only: the last block (and its adapter) only at the pooled end token, which is
-        all r_T reads (causal attention): evaluation's fast path, equal up to float
-        rounding; training keeps the full computation."""
+        all r_T reads (causal attention): equal up to float rounding. Training (TargetStep)
+        and evaluation use it; the naive mode of benchmarks/throughput.py does not."""
         bb, tower = self.backbone, self.tower
         B, T = ids.shape
         if T > bb.context_length:
