@@ -167,10 +167,11 @@ class RunConfig:
     reports_dir: str = "reports"
     device: str = "auto"            # "auto", "cpu", "cuda"
     # processes that train (notebooks 02-03) and evaluate (04) a run's methods side by side
-    # on the CPU, one thread each (dasd_lib.parallel): 0 = one per CPU core, 1 = in-process
-    # with torch's own thread count (results then differ from workers > 1 by float rounding:
-    # another thread count); on CUDA always in-process
-    workers: int = 0
+    # on the CPU, one thread each (dasd_lib.parallel): 1 = in-process with torch's own
+    # thread count (the default: the fastest on an idle machine, README "Performance"),
+    # 0 = one per CPU core; results differ between the two by float rounding (another
+    # thread count); on CUDA always in-process
+    workers: int = 1
     # torch.use_deterministic_algorithms (warn only) while training: with several CPU
     # threads some kernels otherwise reduce in a varying order (runs drifted by 1e-7 within
     # a dozen steps); on CUDA it also sets CUBLAS_WORKSPACE_CONFIG when unset

@@ -212,8 +212,9 @@ def english_oracle(run: Run, *, backbone=None, setting: str = "finetune") -> dic
 @dataclass
 class _EvalJobs:
     """What every model's evaluation job shares, built once per worker: the test captions
-    and images; per setting the frozen features, per (setting, language, variant) the
-    tokenized captions (every method of a setting shares the backbone's tokenizer)."""
+    and images; per VLP the frozen features, per (VLP, language, variant) the
+    tokenized captions (every method on one VLP shares its tokenizer; with the tiny VLP both
+    settings do)."""
     run: Run
     test: pd.DataFrame
     image_ids: list
@@ -229,12 +230,13 @@ def _eval_context(run: Run, n_models: int) -> _EvalJobs:
 
 def _test_features(ctx: _EvalJobs, setting: str):
     """The setting's frozen features of the test set, from the run's cache."""
-    if setting not in ctx.features:
-        run = ctx.run
-        ctx.features[setting] = frozen_features(run.backbone(setting), ctx.test,
-                                                image_size=run.params.data.image_size,
-                                                cache_dir=run.cache_dir, device=run.device)
-    return ctx.features[setting]
+    run = ctx.run
+    key = str(run.backbone_dir(setting))  # settings sharing a VLP share its features
+    if key not in ctx.features:
+        ctx.features[key] = frozen_features(run.backbone(setting), ctx.test,
+                                            image_size=run.params.data.image_size,
+                                            cache_dir=run.cache_dir, device=run.device)
+    return ctx.features[key]
 
 
 def _eval_job(ctx: _EvalJobs, job: tuple[int, str, str, int]) -> tuple[list, list, list]:
@@ -256,7 +258,7 @@ def _eval_job(ctx: _EvalJobs, job: tuple[int, str, str, int]) -> tuple[list, lis
             caps = test[(test.lang == lang) & (test.variant == variant)]
             if caps.empty:
                 continue
-            key = (setting, lang, variant)
+            key = (str(run.backbone_dir(setting)), lang, variant)  # settings sharing a VLP share these
             if key not in ctx.tokens:
                 ctx.tokens[key] = backbone.tokenize_target(caps.caption.tolist())
             emb = embed_target(model, backbone, caps.caption.tolist(), lang, device=run.device,
