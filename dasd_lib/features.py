@@ -63,7 +63,7 @@ def cache_key(backbone, image_paths: list[str], texts: list[str], image_size: in
         "images": file_fingerprint(image_paths),
         "texts": hashlib.sha256("\n".join(texts).encode()).hexdigest(),
         "preprocess": preprocess,
-        "version": 1,
+        "version": 2,  # 2: the English texts run the last block at the end token only
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 

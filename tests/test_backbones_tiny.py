@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from dasd_lib.backbones import BackboneError, build_backbone, build_tiny_backbone, load_backbone
+from dasd_lib.backbones.base import positions
 from dasd_lib.config import TinyConfig
 
 EN = ["a red circle left of a blue square", "two small green triangles above a star",
@@ -104,3 +105,35 @@ def test_identity_follows_weight_changes():
     backbone.encode_source_text(ids, mask).sum().backward()
     opt.step()  # an optimiser step changes the weights in place
     assert backbone.identity()["weights_hash"] != first["weights_hash"]
+
+
+def test_english_text_end_token_path_equals_the_full_tower(backbone):
+    """encode_source_text runs the last block at the end token only: the same embeddings
+    and weight gradients as every token through every block, for captions of different
+    lengths and random position offsets (VLP training)."""
+    ids, mask = backbone.tokenize_source([EN[0], "a star", EN[1]])
+    assert (mask == 0).any()
+    offset = torch.tensor([0, 3, 1])
+    backbone.requires_grad_(True)
+    try:
+        fast = backbone.encode_source_text(ids, mask, offset)
+        T = ids.shape[1]
+        h = backbone.embed_source_tokens(ids) + positions(backbone.positional_embedding, T, offset)
+        attn = backbone.causal_mask(T, ids.device)
+        for i in range(backbone.num_layers):
+            h = backbone.run_block(i, h, attn)
+        full = backbone.project_text(backbone.final_norm(h[torch.arange(3), mask.sum(1) - 1]))
+        assert torch.allclose(fast, full, atol=1e-5)
+        assert not torch.allclose(full[0], full[1], atol=1e-3)  # a wrong row would show
+        params = [p for p in backbone.parameters() if p.requires_grad]
+        g_fast = torch.autograd.grad(fast.square().sum(), params, allow_unused=True)
+        g_full = torch.autograd.grad(full.square().sum(), params, allow_unused=True)
+        compared = 0
+        for a, b in zip(g_fast, g_full, strict=True):
+            assert (a is None) == (b is None)
+            if a is not None:
+                compared += 1
+                assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+        assert compared > 5
+    finally:
+        backbone.requires_grad_(False)

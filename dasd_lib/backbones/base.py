@@ -80,11 +80,6 @@ def last_token_index(mask: torch.Tensor) -> torch.Tensor:
     return mask.sum(1) - 1
 
 
-def pool_last(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(B, T, w) -> (B, w): the hidden state at each caption's end token."""
-    return h[torch.arange(h.shape[0], device=h.device), last_token_index(mask).to(h.device)]
-
-
 def positions(pos_embedding: torch.Tensor, T: int, offset: int | torch.Tensor = 0) -> torch.Tensor:
     """Positional embeddings for T tokens: (T, w), or (B, T, w) for per-caption offsets.
     Positions past the table (only ever padding, given valid offsets) are clamped."""
@@ -242,13 +237,17 @@ class Backbone(nn.Module):
 
     def encode_source_text(self, ids: torch.Tensor, mask: torch.Tensor,
                            position_offset: int | torch.Tensor = 0) -> torch.Tensor:
-        """English captions -> (B, d) at the end token. `position_offset`: int or (B,) long."""
+        """English captions -> (B, d) at the end token. `position_offset`: int or (B,) long.
+        Only the end token's state is read, so the last block runs for that query alone
+        (call_block_end; the same up to float rounding)."""
         T = ids.shape[1]
         h = self.embed_source_tokens(ids) + positions(self.positional_embedding, T, position_offset)
         attn = self.causal_mask(T, ids.device)
-        for i in range(self.num_layers):
+        for i in range(self.num_layers - 1):
             h = self.run_block(i, h, attn)
-        return self.project_text(self.final_norm(pool_last(h, mask)))
+        end = last_token_index(mask).to(h.device)
+        h_end = self.call_block_end(self.blocks[self.num_layers - 1], h, attn, end)[:, 0]  # (B, w)
+        return self.project_text(self.final_norm(h_end))
 
     def sample_position_offset(self, mask: torch.Tensor, generator: torch.Generator | None = None
                                ) -> torch.Tensor:
