@@ -1,5 +1,7 @@
 """The hf backbone, through exactly load_hf_backbone: tiny random CLIP and BERT models
 written with save_pretrained into a temporary folder."""
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -92,3 +94,33 @@ def test_hf_bin_embeddings_and_clear_errors(tmp_path):
     (tmp_path / "bert" / "pytorch_model.bin").unlink()
     with pytest.raises(BackboneError, match="no model.safetensors"):
         load_hf_backbone(cfg)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("method", ["dasd", "static", "full_distill"])
+def test_hf_end_token_path_equals_the_full_layers(hf, method, attention):
+    """CLIP's last layer run at the end token only (training and evaluation) gives the
+    full forward's r_T and gradients, with either attention implementation's mask."""
+    _, _, _, bb = hf
+    bb = copy.deepcopy(bb)
+    bb.clip.config._attn_implementation = attention
+    for layer in bb.blocks:
+        layer.self_attn.config._attn_implementation = attention
+    ids, mask = bb.tokenize_target(["ein roter kreis", "un cercle rouge und ein blauer stern", "红色圆"])
+    assert (mask == 0).any()
+    model = build_target_model(bb, TOWER, method, ["de", "fr"], seed=0).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    outs, grads = [], []
+    for end_only in (False, True):
+        out = model(ids, mask, "de", end_only=end_only)
+        outs.append(out.r_T)
+        grads.append(torch.autograd.grad(out.r_T.square().sum(), params, allow_unused=True))
+    assert torch.allclose(outs[0], outs[1], atol=1e-5)
+    assert not torch.allclose(outs[0][0], outs[0][1], atol=1e-3)  # a wrong row would show
+    compared = 0
+    for a, b in zip(*grads, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            compared += 1
+            assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+    assert compared > 3

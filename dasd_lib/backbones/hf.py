@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
@@ -336,6 +337,31 @@ class HFBackbone(Backbone):
     def call_block(self, block: nn.Module, h: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
         out = block(h, attn_mask)
         return out[0] if isinstance(out, tuple) else out  # transformers < 5 returned a tuple
+
+    def call_block_end(self, block: nn.Module, h: torch.Tensor, attn_mask: torch.Tensor,
+                       end: torch.Tensor) -> torch.Tensor:
+        """A CLIP encoder layer's output at the end token only, (B, 1, w): keys and values
+        from every token, the query, output projection and MLP for that one position
+        (pre-LN: h + Attn(LN1(h)); h + MLP(LN2(h)), as CLIPEncoderLayer). Other blocks run
+        in full and are indexed."""
+        attn = getattr(block, "self_attn", None)
+        if attn is None or not all(hasattr(block, n) for n in ("layer_norm1", "layer_norm2", "mlp")):
+            return super().call_block_end(block, h, attn_mask, end)
+        B, T, w = h.shape
+        rows = torch.arange(B, device=h.device)
+        x = block.layer_norm1(h)
+
+        def heads(t: torch.Tensor) -> torch.Tensor:  # (B, n, w) -> (B, H, n, w/H)
+            return t.view(B, t.shape[1], -1, attn.head_dim).transpose(1, 2)
+
+        q = heads(attn.q_proj(x[rows, end].unsqueeze(1)))
+        k, v = heads(attn.k_proj(x)), heads(attn.v_proj(x))
+        # the causal mask's row of each end token: bool (sdpa) or additive (eager) alike
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask[end][:, None, None, :],
+                                           dropout_p=attn.dropout if attn.training else 0.0,
+                                           scale=attn.scale)
+        h_end = h[rows, end].unsqueeze(1) + attn.out_proj(a.transpose(1, 2).reshape(B, 1, w))
+        return h_end + block.mlp(block.layer_norm2(h_end))
 
     def causal_mask(self, T: int, device: torch.device | str) -> torch.Tensor:
         allowed = super().causal_mask(T, device)
