@@ -29,7 +29,6 @@ import sys
 from pathlib import Path
 
 import torch
-from transformers import CLIPConfig, CLIPModel
 
 from .backbones.base import BackboneError, eos_id_of
 from .backbones.hf import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, HFBackbone, read_mbert_embeddings
@@ -166,6 +165,7 @@ def _heads(width: int, where: str) -> int:
 
 def clip_config(state: dict[str, torch.Tensor], tokenizer_source, where: str):
     """transformers' CLIPConfig for the sizes found in the OpenAI-layout tensors."""
+    from transformers import CLIPConfig  # optional and heavy: only an import needs CLIP's modules
     keys = set(state)
     ctx, w = state["positional_embedding"].shape
     vocab = state["token_embedding.weight"].shape[0]
@@ -314,6 +314,7 @@ def import_official(path: str | Path, out: str | Path, *, mbert_tokenizer: str |
     E = state["multilingual_embedding.weight"]
     _check_target_tokenizer(tok_target, E.shape[0])
 
+    from transformers import CLIPModel  # optional and heavy (about a second): only an import needs it
     clip = CLIPModel(clip_config(state, tok_source, str(path)))
     try:
         clip.load_state_dict(convert_clip(state), strict=True)
