@@ -228,10 +228,16 @@ def _eval_context(run: Run, n_models: int) -> _EvalJobs:
     return _EvalJobs(run, test, unique_images(test).image_id.tolist(), n_models)
 
 
+def _vlp_key(run: Run, setting: str) -> str:
+    """The folder of the setting's frozen VLP: settings that share one share its test
+    features and tokens."""
+    return str(run.backbone_dir(setting))
+
+
 def _test_features(ctx: _EvalJobs, setting: str):
     """The setting's frozen features of the test set, from the run's cache."""
     run = ctx.run
-    key = str(run.backbone_dir(setting))  # settings sharing a VLP share its features
+    key = _vlp_key(run, setting)
     if key not in ctx.features:
         ctx.features[key] = frozen_features(run.backbone(setting), ctx.test,
                                             image_size=run.params.data.image_size,
@@ -246,7 +252,7 @@ def _eval_job(ctx: _EvalJobs, job: tuple[int, str, str, int]) -> tuple[list, lis
     run, test, image_ids = ctx.run, ctx.test, ctx.image_ids
     params = run.params
     report_progress(f"evaluate {setting} {method} s{seed}", index, ctx.n_models, every_s=0)
-    backbone = run.backbone(setting)
+    backbone, vlp = run.backbone(setting), _vlp_key(run, setting)
     image_emb = _test_features(ctx, setting).images(image_ids).numpy()
     spec = METHODS[method]
     model = load_trained_model(run, setting, method, seed).to(run.device)
@@ -258,7 +264,7 @@ def _eval_job(ctx: _EvalJobs, job: tuple[int, str, str, int]) -> tuple[list, lis
             caps = test[(test.lang == lang) & (test.variant == variant)]
             if caps.empty:
                 continue
-            key = (str(run.backbone_dir(setting)), lang, variant)  # settings sharing a VLP share these
+            key = (vlp, lang, variant)
             if key not in ctx.tokens:
                 ctx.tokens[key] = backbone.tokenize_target(caps.caption.tolist())
             emb = embed_target(model, backbone, caps.caption.tolist(), lang, device=run.device,

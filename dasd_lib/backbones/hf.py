@@ -344,9 +344,9 @@ class HFBackbone(Backbone):
         from every token, the query, output projection and MLP for that one position
         (pre-LN: h + Attn(LN1(h)); h + MLP(LN2(h)), as CLIPEncoderLayer). Other blocks run
         in full and are indexed."""
-        attn = getattr(block, "self_attn", None)
-        if attn is None or not all(hasattr(block, n) for n in ("layer_norm1", "layer_norm2", "mlp")):
+        if not hasattr(block, "self_attn"):  # not a CLIPEncoderLayer
             return super().call_block_end(block, h, attn_mask, end)
+        attn = block.self_attn
         B, T, w = h.shape
         rows = torch.arange(B, device=h.device)
         x = block.layer_norm1(h)
