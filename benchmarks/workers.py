@@ -1,6 +1,6 @@
 """Training throughput of run.workers: the same CLA steps of a run's methods, in one process
-with torch's threads (run.workers: 1) and in single-thread worker processes (the default),
-measured in one run so that the machine's load affects both alike.
+with torch's threads (run.workers: 1, the default) and in single-thread worker processes
+(run.workers: 0 or N), measured in one run so that the machine's load affects both alike.
 
     .venv/bin/python benchmarks/workers.py reports/<run_id> [--steps 40] [--workers 2]
 

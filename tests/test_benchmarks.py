@@ -93,3 +93,32 @@ def test_mode_comparison_catches_a_difference(tiny_setup, stage):
     ref.fn = lambda rows: ref_fn(rows) + 0.05  # a stale or wrong reference
     check = tp.compare_modes(trainer, cached[stage], shifted)
     assert not check["match"] and check["worst"].startswith(("loss_", "grad"))
+
+
+def test_stages_benchmark_times_every_stage_per_precision(smoke_run, tmp_path):
+    """benchmarks/stages.py on a smoke run folder: every stage timed for both precisions,
+    every trained method evaluated, and the run folder itself left as it was."""
+    from dasd_lib.config import save_params
+    params, run_dir = smoke_run
+    save_params(params, run_dir / "params.yaml")
+    before = sorted(p.relative_to(run_dir) for p in run_dir.rglob("*"))
+    out = run_script("stages.py", str(run_dir), "--precision", "fp32", "bf16", "--threads", "1",
+                     "--work", str(tmp_path))
+    assert set(out["seconds"]) == {"fp32", "bf16"}
+    for secs in out["seconds"].values():
+        assert set(secs) == {"vlp", "cla", "cma", "eval", "total"}
+        assert all(v > 0 for v in secs.values())
+        assert abs(secs["total"] - sum(v for k, v in secs.items() if k != "total")) < 0.05
+    methods = {f"{s}/{m}" for s, ms in params.run.methods.items() for m in ms}
+    assert set(out["sumr"]["fp32"]) == methods
+    # each precision trained its own copy, with its own recorded precision
+    assert load_params_precision(tmp_path / "bf16") == "bf16"
+    assert load_params_precision(tmp_path / "fp32") == "fp32"
+    assert sorted(p.relative_to(run_dir) for p in run_dir.rglob("*")) == before
+
+
+def load_params_precision(folder: Path) -> str:
+    from dasd_lib.config import load_params
+    params = load_params(folder / "params.yaml")
+    assert params.vlp.precision == params.cla.precision == params.cma.precision
+    return params.cla.precision
