@@ -34,7 +34,8 @@ STAGES = ("vlp", "cla", "cma", "eval")
 
 
 def time_stages(run_dir: Path, precision: str, work: Path) -> tuple[dict, dict]:
-    """(seconds per stage, mean SumR per setting/method) of the run trained at `precision`."""
+    """(seconds per stage and in total, mean SumR per setting/method) of the run trained at
+    `precision`."""
     params = load_params(run_dir / "params.yaml")
     for stage in ("vlp", "cla", "cma"):
         getattr(params, stage).precision = precision
@@ -56,6 +57,7 @@ def time_stages(run_dir: Path, precision: str, work: Path) -> tuple[dict, dict]:
         print(f"  {precision} {stage}: {seconds[stage]:.1f} s", flush=True)
         if stage == "eval":
             results = out
+    seconds["total"] = round(sum(seconds.values()), 2)
     sumr = results.groupby(["setting", "method"])["SumR"].mean().round(1)
     return seconds, {f"{s}/{m}": float(v) for (s, m), v in sumr.items()}
 
@@ -79,13 +81,10 @@ def main() -> int:
                  "sumr": {}}
     for precision in args.precision:
         out["seconds"][precision], out["sumr"][precision] = time_stages(run_dir, precision, work)
-    first = args.precision[0]
-    print(f"\nseconds per stage ({out['threads']} threads); ratio to {first} in brackets")
+    base = out["seconds"][args.precision[0]]
+    print(f"\nseconds per stage ({out['threads']} threads); ratio to {args.precision[0]} in brackets")
     print("precision " + "".join(f"{s:>16}" for s in (*STAGES, "total")))
     for precision, secs in out["seconds"].items():
-        secs = secs | {"total": round(sum(secs.values()), 2)}
-        out["seconds"][precision] = secs
-        base = out["seconds"][first]
         print(f"{precision:9s} " + "".join(
             f"{secs[s]:8.1f} ({secs[s] / base[s]:4.2f}x)" for s in (*STAGES, "total")))
     print(json.dumps(out))

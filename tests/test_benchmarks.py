@@ -10,8 +10,17 @@ from pathlib import Path
 import pytest
 import torch
 
+from dasd_lib.config import load_params, save_params
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
+
+
+def run_folder(smoke_run) -> tuple:
+    """The smoke run's (params, folder) with its params.yaml written: what the scripts read."""
+    params, run_dir = smoke_run
+    save_params(params, run_dir / "params.yaml")
+    return params, run_dir
 
 
 def run_script(name: str, *args: str) -> dict:
@@ -47,9 +56,7 @@ def test_gpu_check_tiny_on_cpu():
 
 def test_workers_benchmark_times_both_ways(smoke_run):
     """benchmarks/workers.py on a smoke run folder: both ways timed, the ratio reported."""
-    from dasd_lib.config import save_params
-    params, run_dir = smoke_run
-    save_params(params, run_dir / "params.yaml")
+    params, run_dir = run_folder(smoke_run)
     out = run_script("workers.py", str(run_dir), "--steps", "2", "--workers", "2",
                      "--methods", "static,dasd")
     assert (out["jobs"], out["steps_per_job"], out["workers"]) == (2, 2, 2)
@@ -98,9 +105,7 @@ def test_mode_comparison_catches_a_difference(tiny_setup, stage):
 def test_stages_benchmark_times_every_stage_per_precision(smoke_run, tmp_path):
     """benchmarks/stages.py on a smoke run folder: every stage timed for both precisions,
     every trained method evaluated, and the run folder itself left as it was."""
-    from dasd_lib.config import save_params
-    params, run_dir = smoke_run
-    save_params(params, run_dir / "params.yaml")
+    params, run_dir = run_folder(smoke_run)
     before = sorted(p.relative_to(run_dir) for p in run_dir.rglob("*"))
     out = run_script("stages.py", str(run_dir), "--precision", "fp32", "bf16", "--threads", "1",
                      "--work", str(tmp_path))
@@ -118,7 +123,6 @@ def test_stages_benchmark_times_every_stage_per_precision(smoke_run, tmp_path):
 
 
 def load_params_precision(folder: Path) -> str:
-    from dasd_lib.config import load_params
     params = load_params(folder / "params.yaml")
     assert params.vlp.precision == params.cla.precision == params.cma.precision
     return params.cla.precision
